@@ -1,0 +1,139 @@
+"""Text corpora as lists of documents, split into training and validation.
+
+Sources:
+- ``austen`` (default, bundled): Jane Austen's six novels; validation = *Persuasion*, training = the other five.
+- a local ``.txt`` file or a folder of ``.txt`` files (one document per file; the last ``val_fraction`` of the
+  characters, cut at a paragraph break, is held out for validation);
+- ``hf:NAME`` or ``hf:NAME:CONFIG`` (extra ``dlm[datasets]``): a Hugging Face dataset with a text column, or a
+  local folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from dlm.errors import DlmError
+
+AUSTEN_TRAIN = ["sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey"]
+AUSTEN_VAL = ["persuasion"]
+
+
+@dataclass
+class Corpus:
+    name: str
+    train: list[str]  # documents
+    val: list[str]
+
+    def fingerprint(self) -> str:
+        """A hash of the texts, used to key tokenizer and token caches."""
+        h = hashlib.sha256()
+        for split in (self.train, self.val):
+            for doc in split:
+                h.update(hashlib.sha256(doc.encode("utf-8")).digest())
+            h.update(b"|")
+        return h.hexdigest()[:16]
+
+
+def unwrap_paragraphs(text: str) -> str:
+    """Join hard-wrapped lines inside paragraphs; keep paragraph breaks (one blank line)."""
+    paragraphs = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
+    joined = (" ".join(line.strip() for line in p.strip().split("\n")) for p in paragraphs)
+    return "\n\n".join(p for p in joined if p)
+
+
+def _read_austen(name: str) -> str:
+    path = resources.files("dlm.data").joinpath("austen", f"{name}.txt.gz")
+    with path.open("rb") as f:
+        return unwrap_paragraphs(gzip.decompress(f.read()).decode("utf-8"))
+
+
+def _split_tail(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Hold out the last ``val_fraction`` of the characters, cut at a paragraph break."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DlmError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    text = "\n\n".join(docs) if len(docs) == 1 else None
+    if text is None:  # several documents: hold out whole documents from the end, at least one
+        total = sum(len(d) for d in docs)
+        val, size = [], 0
+        while docs and (size < val_fraction * total or not val) and len(docs) > 1:
+            val.insert(0, docs[-1])
+            size += len(docs[-1])
+            docs = docs[:-1]
+        return docs, val
+    cut = text.rfind("\n\n", 0, int(len(text) * (1.0 - val_fraction)))
+    if cut <= 0:
+        cut = int(len(text) * (1.0 - val_fraction))
+    return [text[:cut].strip()], [text[cut:].strip()]
+
+
+def _load_local(path: Path, val_fraction: float) -> Corpus:
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+            return _load_hf(str(path), "text", val_fraction, local=True)
+        files = sorted(path.rglob("*.txt"))
+        if not files:
+            raise DlmError(f"no .txt files under {path}; pass a .txt file, a folder of them, or 'austen'")
+    else:
+        files = [path]
+    docs = [unwrap_paragraphs(f.read_text(encoding="utf-8", errors="replace")) for f in files]
+    docs = [d for d in docs if d]
+    if not docs:
+        raise DlmError(f"{path} holds no text")
+    train, val = _split_tail(docs, val_fraction)
+    return Corpus(name=str(path), train=train, val=val)
+
+
+def _load_hf(spec: str, text_column: str, val_fraction: float, local: bool = False) -> Corpus:
+    try:
+        import datasets
+    except ImportError:
+        raise DlmError("Hugging Face datasets need the extra: pip install 'dlm[datasets]'") from None
+    if local:
+        ds = datasets.load_from_disk(spec)
+    else:
+        name, _, config = spec.partition(":")
+        ds = datasets.load_dataset(name, config or None)
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({"train": ds})
+    if "train" not in ds:
+        raise DlmError(f"dataset {spec!r} has no 'train' split (splits: {', '.join(ds)})")
+
+    def texts(split) -> list[str]:
+        if text_column not in split.column_names:
+            raise DlmError(
+                f"dataset {spec!r} has no column {text_column!r} (columns: {', '.join(split.column_names)}); "
+                "set --set data.text_column=NAME"
+            )
+        return [t for t in split[text_column] if t and t.strip()]
+
+    train = texts(ds["train"])
+    val_split = next((s for s in ("validation", "valid", "test") if s in ds), None)
+    if val_split is not None:
+        return Corpus(name=spec, train=train, val=texts(ds[val_split]))
+    n_val = max(1, int(len(train) * val_fraction))
+    if len(train) < 2:
+        raise DlmError(f"dataset {spec!r} has fewer than 2 texts; it cannot be split for validation")
+    return Corpus(name=spec, train=train[:-n_val], val=train[-n_val:])
+
+
+def load_corpus(name: str = "austen", *, text_column: str = "text", val_fraction: float = 0.05) -> Corpus:
+    """Load a corpus by name or path (see the module docstring)."""
+    if name == "austen":
+        return Corpus(
+            name="austen",
+            train=[_read_austen(n) for n in AUSTEN_TRAIN],
+            val=[_read_austen(n) for n in AUSTEN_VAL],
+        )
+    if name.startswith("hf:"):
+        return _load_hf(name[3:], text_column, val_fraction)
+    path = Path(name).expanduser()
+    if path.exists():
+        return _load_local(path, val_fraction)
+    raise DlmError(
+        f"data {name!r} is not 'austen', an existing .txt file or folder, or 'hf:NAME'; check the path"
+    )

@@ -1,0 +1,5 @@
+"""Diffusion-agnostic backbones."""
+
+from dlm.models.transformer import KVCache, Transformer
+
+__all__ = ["KVCache", "Transformer"]

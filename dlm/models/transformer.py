@@ -1,0 +1,186 @@
+"""One transformer backbone for every objective: RoPE, pre-norm, SDPA with boolean masks.
+
+The model knows nothing about diffusion: ``model(x, t=None) -> logits [B, L, V]``. Attention is bidirectional or
+causal (``ModelConfig.causal``, overridable per call) or any boolean mask; ``t`` is used only when the model was
+built with ``time_conditioning`` (adaLN, as in DiT). A ``KVCache`` makes causal decoding incremental.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dlm.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of past positions, one (k, v) pair per layer, each [B, H, T, Dh]."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v of ``layer`` after the cached ones and return all of them."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of RoPE for integer ``positions`` [L] or [B, L] -> each [L, Dh] or [B, 1, L, Dh]."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (..., L, Dh/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (..., L, Dh)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, L, Dh), broadcast over heads
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None, layer: int):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, H, T + L, Dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh"), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        # adaLN: shift, scale, gate for attention and MLP from the time embedding; zero-init = identity at start
+        self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_conditioning else None
+
+    def forward(self, x, cond, cos, sin, mask, is_causal, cache, layer):
+        if self.ada is None:
+            x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, is_causal, cache, layer))
+            return x + self.drop(self.mlp(self.norm2(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, dim=-1)  # (B, 1, D) each
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + gate1 * self.drop(self.attn(h, cos, sin, mask, is_causal, cache, layer))
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.drop(self.mlp(h))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Transformer(nn.Module):
+    """``model(x, t=None, *, attn_mask=None, causal=None, positions=None, kv_cache=None) -> logits [B, L, V]``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
+            raise ValueError(f"d_model {cfg.d_model} must split into {cfg.n_heads} heads of even size")
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        if cfg.time_conditioning:
+            self.time_mlp = nn.Sequential(nn.Linear(256, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model))
+            self.final_ada = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * self.config.n_layers) if name.endswith(("out.weight", "mlp.2.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        for block in self.blocks:
+            if block.ada is not None:
+                nn.init.zeros_(block.ada.weight), nn.init.zeros_(block.ada.bias)
+        if self.config.time_conditioning:
+            nn.init.zeros_(self.final_ada.weight), nn.init.zeros_(self.final_ada.bias)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embeddings else n
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        causal: bool | None = None,
+        positions: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x: LongTensor [B, L]; t: [B] in [0, 1] (time-conditioned models only); attn_mask: bool, True = attend,
+        [Lq, Lk] or [B, Lq, Lk]; positions: RoPE positions [L] or [B, L] (default: after the cache)."""
+        B, L = x.shape
+        causal = self.config.causal if causal is None else causal
+        past = 0 if kv_cache is None else kv_cache.length
+        if positions is None:
+            positions = torch.arange(past, past + L, device=x.device)
+        cos, sin = rope_angles(positions, self.config.d_model // self.config.n_heads, self.config.rope_base)
+
+        mask, is_causal = attn_mask, False
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]  # (B, 1, Lq, Lk), broadcast over heads
+        if causal:
+            if past == 0 and mask is None:
+                is_causal = True  # SDPA's fused causal path
+            elif L > 1:
+                keys = torch.arange(past + L, device=x.device)
+                causal_mask = keys[None, :] <= (past + torch.arange(L, device=x.device))[:, None]  # (L, T + L)
+                mask = causal_mask if mask is None else mask & causal_mask
+
+        cond = None
+        if self.config.time_conditioning:
+            if t is None:
+                raise ValueError("this model is time-conditioned: pass t, a [B] tensor of times in [0, 1]")
+            cond = self.time_mlp(timestep_embedding(t.expand(B) if t.dim() == 0 else t, 256))  # (B, D)
+
+        h = self.embed(x)  # (B, L, D)
+        for i, block in enumerate(self.blocks):
+            h = block(h, cond, cos, sin, mask, is_causal, kv_cache, i)
+        h = self.norm(h)
+        if cond is not None:
+            shift, scale = self.final_ada(F.silu(cond))[:, None].chunk(2, dim=-1)
+            h = h * (1 + scale) + shift
+        return self.head(h)  # (B, L, V)

@@ -1,0 +1,30 @@
+"""Objectives: plain functions over any callable model; ``OBJECTIVES`` lists them by name."""
+
+from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
+from dlm.objectives.base import LossOutput, Objective
+from dlm.objectives.masked import masked_nelbo, mdlm_loss, mdlm_sequence_nll, subs_log_probs
+from dlm.registry import Registry
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES.register(
+    "ar", Objective("ar", ar_loss, ar_sequence_nll, causal=True, is_bound=False, samplers=("ar",))
+)
+OBJECTIVES.register(
+    "mdlm",
+    Objective(
+        "mdlm", mdlm_loss, mdlm_sequence_nll, causal=False, is_bound=True, samplers=("confidence", "ancestral")
+    ),
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "LossOutput",
+    "ar_loss",
+    "ar_sequence_nll",
+    "ar_token_nll",
+    "masked_nelbo",
+    "mdlm_loss",
+    "mdlm_sequence_nll",
+    "subs_log_probs",
+]

@@ -1,0 +1,31 @@
+"""What every objective returns, and the registry entry that describes an objective to the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, nats per token, what the optimiser minimises
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An objective as the trainer, evaluator and CLI see it.
+
+    ``loss(model, x0, *, tokenizer_ids, schedule, generator, antithetic) -> LossOutput`` trains;
+    ``sequence_nll(model, x0, *, tokenizer_ids, schedule, num_samples, generator) -> Tensor[B]`` evaluates
+    (nats per sequence: exact for AR, an upper bound for diffusion).
+    """
+
+    name: str
+    loss: Callable[..., LossOutput]
+    sequence_nll: Callable[..., torch.Tensor]
+    causal: bool  # attention the backbone is built with
+    is_bound: bool  # does sequence_nll return an upper bound rather than the exact NLL?
+    samplers: tuple[str, ...]  # samplers that apply; the first is the default

@@ -1,0 +1,69 @@
+"""Samplers (reverse processes) as plain functions; ``SAMPLERS`` runs any of them from one ``SampleConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlm.registry import Registry
+from dlm.samplers.ancestral import ancestral_generate
+from dlm.samplers.ar import ar_generate
+from dlm.samplers.categorical import gumbel_noise, sample_categorical
+from dlm.samplers.confidence import REMASKING, confidence_generate, num_transfer_tokens
+
+
+@dataclass
+class SampleConfig:
+    gen_length: int = 64
+    steps: int = 64  # denoising steps (diffusion samplers; ignored by ar)
+    block_length: int | None = None  # confidence sampler blocks (None = one block)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    remasking: str = "low_confidence"
+    cfg_scale: float = 0.0
+    schedule: str = "loglinear"
+
+
+# Each entry: (model, prompt, cfg, *, mask_id, eos_id, time_conditioned, generator, history) -> tokens
+SAMPLERS: Registry = Registry("sampler")
+
+
+@SAMPLERS.register("ar")
+def _run_ar(model, prompt, cfg: SampleConfig, *, eos_id, generator, history, **_) -> torch.Tensor:
+    return ar_generate(
+        model, prompt, eos_id=eos_id, gen_length=cfg.gen_length, temperature=cfg.temperature,
+        top_k=cfg.top_k, top_p=cfg.top_p, generator=generator, history=history,
+    )
+
+
+@SAMPLERS.register("ancestral")
+def _run_ancestral(model, prompt, cfg: SampleConfig, *, mask_id, time_conditioned, generator, history, **_):
+    return ancestral_generate(
+        model, prompt, mask_id=mask_id, gen_length=cfg.gen_length, steps=cfg.steps, schedule=cfg.schedule,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, time_conditioned=time_conditioned,
+        generator=generator, history=history,
+    )[0]
+
+
+@SAMPLERS.register("confidence")
+def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, generator, history, **_):
+    return confidence_generate(
+        model, prompt, mask_id=mask_id, gen_length=cfg.gen_length, steps=cfg.steps,
+        block_length=cfg.block_length, temperature=cfg.temperature, remasking=cfg.remasking,
+        cfg_scale=cfg.cfg_scale, generator=generator, history=history,
+    )
+
+
+__all__ = [
+    "SAMPLERS",
+    "SampleConfig",
+    "REMASKING",
+    "ar_generate",
+    "ancestral_generate",
+    "confidence_generate",
+    "num_transfer_tokens",
+    "gumbel_noise",
+    "sample_categorical",
+]

@@ -1,0 +1,46 @@
+"""Token draws in float64: Gumbel noise, temperature, top-k and top-p.
+
+Float32 Gumbel-max caps the noise (u cannot get closer to 0 or 1 than float32 allows) and silently lowers the
+temperature; every sampler draws in float64 through these two functions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gumbel_noise(shape, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+    """Standard Gumbel samples, float64: -log(-log u), u ~ U(0, 1)."""
+    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=device)
+    tiny = torch.finfo(torch.float64).tiny
+    return -torch.log(-torch.log(u.clamp_min(tiny)))
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf (the most likely token always stays)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # mass before this token already reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_categorical(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token per position from softmax(logits / temperature) in float64 (argmax when temperature = 0)."""
+    logits = logits.double()
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+    return (logits + gumbel_noise(logits.shape, generator=generator, device=logits.device)).argmax(-1)

@@ -1,0 +1,1 @@
+"""Training: the loop, optimiser and LR schedule, checkpoints, distributed setup."""

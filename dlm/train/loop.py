@@ -1,0 +1,236 @@
+"""The training loop: data -> noise process -> model -> objective -> optimiser.
+
+    dlm train --preset small --objective mdlm --max-steps 2000 --out runs/mdlm
+    torchrun --nproc_per_node=2 -m dlm.cli train --preset tiny --objective ar --max-steps 40 --out runs/ddp
+
+One step = ``grad_accum`` micro-batches of ``batch_size`` sequences per process. The noise generator is reseeded
+from (seed, step, micro-batch, rank) at every micro-batch and the data order is a function of (seed, epoch), so a
+run resumed from a checkpoint reproduces the uninterrupted run bit for bit (on the same machine and settings).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dlm.config import RunConfig
+from dlm.data.packing import SequenceLoader, load_packed
+from dlm.data.tokenizer import load_tokenizer
+from dlm.errors import DlmError
+from dlm.eval.likelihood import evaluate
+from dlm.models.transformer import Transformer
+from dlm.objectives import OBJECTIVES
+from dlm.train import checkpoint as ckpt
+from dlm.train.distributed import DistInfo, barrier, setup_distributed, teardown
+from dlm.train.optim import build_optimizer, lr_at
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{step}:{micro}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise DlmError(f"unknown precision {precision!r}; choose one of: auto, fp32, bf16")
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+class MetricsLog:
+    """``OUT/metrics.jsonl``: one JSON object per logged step (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():  # drop lines logged after the checkpoint
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif enabled:
+            path.write_text("")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    device: str | None = None,
+) -> dict:
+    """Train per ``cfg`` into ``out_dir``; return the last logged metrics. ``stop_at`` ends the run early at that
+    step (with a checkpoint), as an interruption would, without changing the LR schedule."""
+    out_dir = Path(out_dir)
+    info = setup_distributed(device)
+    try:
+        return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
+    finally:
+        teardown(info)
+
+
+def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progress: bool, stop_at) -> dict:
+    tc = cfg.train
+    saved = None
+    if resume and (out_dir / ckpt.CHECKPOINT).exists():
+        saved = ckpt.find_checkpoint(out_dir)
+        max_steps, time_limit = tc.max_steps, tc.time_limit_minutes
+        cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
+        cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
+        tc = cfg.train
+    objective = OBJECTIVES.get(tc.objective)
+    precision = resolve_precision(tc.precision, info.device)
+    autocast = autocast_for(precision, info.device)
+    torch.manual_seed(tc.seed)
+
+    # data: tokenizer (trained on the training split, or the checkpoint's), packed train / validation sequences
+    tokenizer = load_tokenizer(saved / "tokenizer.json") if saved else None
+    tokenizer, train_set, val_set = load_packed(cfg.data, tokenizer)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.model.causal = objective.causal
+    cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
+    loader = SequenceLoader(train_set, seed=tc.seed)
+
+    # model, optimiser, optional EMA and compile / DDP wrappers
+    model = Transformer(cfg.model).to(info.device)
+    optimizer = build_optimizer(model, tc)
+    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
+    step, tokens_seen, elapsed = 0, 0, 0.0
+    if saved:
+        state = json.loads((saved / "trainer_state.json").read_text())
+        ckpt.load_weights(model, saved / "model.safetensors")
+        if ema is not None:
+            ckpt.load_weights(ema, saved / "ema.safetensors")
+        ckpt.load_optimizer(optimizer, saved, state["optimizer_param_groups"])
+        loader.load_state_dict(state["data"])
+        torch.set_rng_state(ckpt.rng_from_str(state["torch_rng"]))
+        step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_seconds"]
+    forward = torch.compile(model) if tc.compile else model
+    if info.enabled:
+        forward = DistributedDataParallel(forward, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
+    if info.is_main:
+        n_params = model.num_parameters()
+        tqdm.write(
+            f"dlm train: {cfg.preset} {tc.objective}, {n_params / 1e6:.2f}M parameters, {precision}, "
+            f"{info.world_size} process(es) on {info.device.type}, {len(train_set)} training sequences of "
+            f"{cfg.data.seq_len} tokens" + (f", resuming at step {step}" if saved else "")
+        )
+
+    def save() -> None:
+        if info.is_main:
+            ckpt.save_checkpoint(
+                out_dir, model=model, tokenizer=tokenizer, config=cfg, optimizer=optimizer, ema_model=ema,
+                trainer_state={
+                    "step": step, "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
+                    "data": loader.state_dict(), "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
+                },
+            )
+        barrier(info)
+
+    def validate() -> float:
+        report = evaluate(
+            ema or model, objective, val_set, tokenizer, schedule=tc.schedule, num_samples=1, seed=tc.seed,
+            max_sequences=tc.eval_sequences, batch_size=tc.batch_size, dist_info=info, autocast=autocast,
+        )
+        return report["nats_per_token"]
+
+    end = min(tc.max_steps, stop_at) if stop_at is not None else tc.max_steps
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True,
+               desc="train", unit="step")
+    generator = torch.Generator(device=info.device)
+    tokens_per_step = tc.batch_size * tc.grad_accum * info.world_size * cfg.data.seq_len
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    record: dict = {}
+    model.train()
+    while step < end:
+        t0 = time.perf_counter()
+        lr = lr_at(step, tc)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = 0.0
+        for micro in range(tc.grad_accum):
+            # 1. data: this process's share of the global micro-batch
+            x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
+            # 2-4. noise process, model, objective (inside the objective function)
+            generator.manual_seed(step_seed(tc.seed, step, micro, info.rank))
+            sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
+            with sync:
+                with autocast():
+                    out = objective.loss(
+                        forward, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=tc.schedule,
+                        generator=generator, antithetic=tc.antithetic,
+                    )
+                (out.loss / tc.grad_accum).backward()
+            step_loss += out.loss.item() / tc.grad_accum
+        # 5. optimiser step
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), model.parameters()):
+                    p_ema.lerp_(p, 1.0 - tc.ema)
+        step += 1
+        tokens_seen += tokens_per_step
+        elapsed += time.perf_counter() - t0
+        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+
+        if step % tc.log_every == 0 or step == end:
+            window_time = time.perf_counter() - window_start
+            record = {
+                "step": step, "loss": window_loss / window_steps, "lr": lr,
+                "tokens_per_sec": window_steps * tokens_per_step / window_time, "tokens_seen": tokens_seen,
+                "elapsed_seconds": round(elapsed, 3),
+            }
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            record.update(out.metrics)
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        bar.update(1)
+        out_of_time = tc.time_limit_minutes > 0 and elapsed > 60 * tc.time_limit_minutes
+        if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
+            val = validate()
+            log.write({"step": step, "val_nats_per_token": val})
+            bar.write(f"step {step}: validation {val:.4f} nats/token" + (" (bound)" if objective.is_bound else ""))
+        if tc.save_every and step % tc.save_every == 0 and step < end:
+            save()
+        if out_of_time:
+            bar.write(f"time limit of {tc.time_limit_minutes} minutes reached at step {step}")
+            break
+    bar.close()
+    val = validate()
+    record = {**record, "step": step, "val_nats_per_token": val}
+    log.write({"step": step, "val_nats_per_token": val})
+    save()
+    if info.is_main:
+        tqdm.write(
+            f"done: step {step}, validation {'<= ' if objective.is_bound else ''}{val:.4f} nats/token; "
+            f"checkpoint in {out_dir / ckpt.CHECKPOINT}"
+        )
+    return record
