@@ -71,10 +71,10 @@ def _split_tail(docs: list[str], val_fraction: float) -> tuple[list[str], list[s
     return [text[:cut].strip()], [text[cut:].strip()]
 
 
-def _load_local(path: Path, val_fraction: float) -> Corpus:
+def _load_local(path: Path, text_column: str, val_fraction: float) -> Corpus:
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-            return _load_hf(str(path), "text", val_fraction, local=True)
+            return _load_hf(str(path), text_column, val_fraction, local=True)
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise DlmError(f"no .txt files under {path}; pass a .txt file, a folder of them, or 'austen'")
@@ -133,7 +133,7 @@ def load_corpus(name: str = "austen", *, text_column: str = "text", val_fraction
         return _load_hf(name[3:], text_column, val_fraction)
     path = Path(name).expanduser()
     if path.exists():
-        return _load_local(path, val_fraction)
+        return _load_local(path, text_column, val_fraction)
     raise DlmError(
         f"data {name!r} is not 'austen', an existing .txt file or folder, or 'hf:NAME'; check the path"
     )

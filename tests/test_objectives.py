@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+import dlm
+from dlm.objectives import OBJECTIVES, ar_sequence_nll, masked_nelbo, mdlm_loss, subs_log_probs
+from toy import ToyDistribution
+
+
+@pytest.mark.parametrize("schedule", ["linear", "loglinear", "cosine"])
+def test_masked_nelbo_is_tight_for_the_exact_denoiser(schedule):
+    """With the data's exact conditionals the NELBO equals -log p(x0), within Monte Carlo error."""
+    toy = ToyDistribution(V=3, L=3)
+    R = 4000  # draws per sequence: one per row of the repeated batch (stratified in t across rows)
+    x0 = toy.seqs.repeat(R, 1)  # (27 R, 3)
+    g = torch.Generator().manual_seed(0)
+    draws = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, schedule=schedule, generator=g)
+    draws = draws.double().view(R, -1)  # (R, 27)
+    mean, stderr = draws.mean(0), draws.std(0) / R**0.5
+    truth = toy.nll(toy.seqs)
+    assert torch.all((mean - truth).abs() < 4 * stderr + 0.01), (mean - truth) / stderr
+    pooled_err = (mean - truth).mean().abs()
+    assert pooled_err < 4 * (stderr**2).mean().sqrt() / len(truth) ** 0.5 + 0.005
+
+
+def test_masked_nelbo_averages_num_samples_draws():
+    toy = ToyDistribution(V=3, L=3)
+    g = torch.Generator().manual_seed(0)
+    x0 = toy.seqs[:5]
+    many = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=8, generator=g)
+    assert many.shape == (5,) and torch.all(many > 0)
+
+
+def test_masked_nelbo_bounds_a_wrong_model():
+    toy = ToyDistribution(V=3, L=3, seed=1)
+    x0 = toy.seqs
+    g = torch.Generator().manual_seed(0)
+    uniform = lambda xt, t: torch.zeros(*xt.shape, toy.vocab)  # noqa: E731
+    nelbo = masked_nelbo(uniform, x0, mask_id=toy.mask_id, num_samples=2000, generator=g)
+    # E_x0[NELBO] = cross-entropy with the (worse) model >= entropy of the data
+    assert (toy.p * nelbo.double()).sum() > (toy.p * toy.nll(x0)).sum() + 0.1
+
+
+def test_subs_ignores_the_model_at_unmasked_positions_and_the_mask_logit():
+    toy = ToyDistribution(V=3, L=4, seed=2)
+    x0 = toy.seqs[:20]
+
+    def noisy(xt, t):  # garbage at unmasked positions and on the mask logit; exact elsewhere
+        logits = toy.denoiser(xt)
+        garbage = torch.randn(logits.shape, generator=torch.Generator().manual_seed(7)) * 10
+        logits = torch.where((xt == toy.mask_id)[..., None], logits, garbage)
+        logits[..., toy.mask_id] = 50.0
+        return logits
+
+    a = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=4, generator=torch.Generator().manual_seed(3))
+    b = masked_nelbo(noisy, x0, mask_id=toy.mask_id, num_samples=4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+    log_p = subs_log_probs(torch.randn(2, 3, toy.vocab), toy.mask_id)
+    assert torch.all(log_p[..., toy.mask_id] == float("-inf"))
+    torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(2, 3))
+
+
+def test_mdlm_loss_is_the_one_draw_nelbo_per_token():
+    toy = ToyDistribution(V=3, L=3)
+    x0 = toy.seqs
+    loss = mdlm_loss(toy.denoiser, x0, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(5)).loss
+    nelbo = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(loss, nelbo.mean() / x0.shape[1])
+
+
+def test_public_masked_nelbo_is_the_objective():
+    assert dlm.masked_nelbo is masked_nelbo
+
+
+def test_ar_nll_is_exact_for_the_exact_conditionals():
+    toy = ToyDistribution(V=3, L=3, seed=4)
+    x0 = toy.seqs
+    nll = ar_sequence_nll(toy.next_token, x0, eos_id=toy.eos_id)
+    torch.testing.assert_close(nll.double(), toy.nll(x0), atol=1e-5, rtol=0)
+
+
+def test_objective_registry():
+    assert OBJECTIVES.names() == ["ar", "mdlm"]
+    assert OBJECTIVES.get("ar").causal and not OBJECTIVES.get("ar").is_bound
+    assert not OBJECTIVES.get("mdlm").causal and OBJECTIVES.get("mdlm").is_bound

@@ -1,0 +1,183 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlm
+from dlm.config import ModelConfig
+from dlm.errors import DlmError
+from dlm.models import Transformer
+from dlm.samplers import (
+    ancestral_generate,
+    ar_generate,
+    confidence_generate,
+    gumbel_noise,
+    num_transfer_tokens,
+    sample_categorical,
+)
+from dlm.samplers.categorical import filter_logits
+
+V, MASK = 12, 11
+
+
+def random_model(seed=0, vocab=V):
+    """A fixed random 'model': logits depend on the tokens and their positions (bidirectionally)."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(vocab, vocab, generator=g) * 3
+    pos = torch.randn(64, vocab, generator=g)
+
+    def model(x, t=None):
+        h = table[x]  # (B, L, V)
+        ctx = h.mean(1, keepdim=True)  # every position sees every other
+        return h.roll(1, dims=-1) + ctx + pos[: x.shape[1]]
+
+    return model
+
+
+def llada_reference(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, generator):
+    """LLaDA's generate written from its description, in its own style (exp / Gumbel^T in float64)."""
+    x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, : prompt.shape[1]] = prompt.clone()
+    num_blocks = gen_length // block_length
+    steps = steps // num_blocks
+    for num_block in range(num_blocks):
+        s, e = prompt.shape[1] + num_block * block_length, prompt.shape[1] + (num_block + 1) * block_length
+        n = (x[:, s:e] == mask_id).sum(dim=1, keepdim=True)
+        num_transfer = torch.zeros(1, steps, dtype=torch.long) + n // steps
+        num_transfer[0, : int(n % steps)] += 1
+        for i in range(steps):
+            mask_index = x == mask_id
+            logits = model(x).double()
+            logits[..., mask_id] = -np.inf
+            if temperature == 0:
+                x0 = torch.argmax(logits, dim=-1)
+            else:
+                noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator)
+                x0 = torch.argmax(logits.exp() / (-torch.log(noise)) ** temperature, dim=-1)
+            if remasking == "low_confidence":
+                x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+            else:
+                x0_p = torch.rand(x0.shape, dtype=torch.float64, generator=generator)
+            x0_p[:, e:] = -np.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, torch.tensor(-np.inf, dtype=torch.float64))
+            _, select = torch.topk(confidence[0], k=int(num_transfer[0, i]))
+            x[0, select] = x0[0, select]
+    return x
+
+
+@pytest.mark.parametrize("temperature,remasking", [(0.0, "low_confidence"), (0.7, "low_confidence"), (0.0, "random"), (1.0, "random")])
+def test_confidence_sampler_matches_the_reference(temperature, remasking):
+    model = random_model()
+    prompt = torch.tensor([[1, 2, 3]])
+    ours = dlm.generate(model, prompt, mask_id=MASK, gen_length=16, steps=8, block_length=4,
+                        temperature=temperature, remasking=remasking, generator=torch.Generator().manual_seed(1))
+    ref = llada_reference(model, prompt, 8, 16, 4, temperature, remasking, MASK, torch.Generator().manual_seed(1))
+    assert torch.equal(ours, ref)
+
+
+def test_num_transfer_tokens():
+    out = num_transfer_tokens(torch.tensor([10, 3, 8]), 4)
+    assert out.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [2, 2, 2, 2]]
+
+
+def test_confidence_commit_counts_block_order_and_frozen_tokens():
+    model = random_model(3)
+    prompt = torch.tensor([[4, 5], [6, 7]])
+    history = []
+    gen, steps, block = 12, 9, 4  # 3 blocks, 3 steps each, 4 masks per block: commits 2, 1, 1
+    x = confidence_generate(model, prompt, mask_id=MASK, gen_length=gen, steps=steps, block_length=block,
+                            temperature=1.0, generator=torch.Generator().manual_seed(0), history=history)
+    assert len(history) == steps and torch.equal(history[-1], x)
+    assert not (x == MASK).any()
+    prev = torch.cat([prompt, torch.full((2, gen), MASK)], 1)
+    expected = [2, 1, 1] * 3
+    for i, state in enumerate(history):
+        newly = (prev == MASK) & (state != MASK)
+        assert newly.sum(1).tolist() == [expected[i]] * 2
+        committed = prev != MASK
+        assert torch.equal(state[committed], prev[committed]), "committed tokens changed"
+        block_idx = i // 3
+        cols = torch.nonzero(newly.any(0)).flatten() - 2
+        assert torch.all(cols // block == block_idx), "a token was committed outside the current block"
+        prev = state
+
+
+def test_cfg_combines_conditional_and_unconditional_logits():
+    scale, prompt = 2.0, torch.tensor([[1, 2]])
+    c = torch.randn(V, generator=torch.Generator().manual_seed(0))
+    u = torch.randn(V, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def model(x):
+        calls.append(x.clone())
+        prompt_hidden = (x[:, :2] == MASK).all(1)  # (B,)
+        return torch.where(prompt_hidden[:, None, None], u, c).expand(x.shape[0], x.shape[1], V).clone()
+
+    x = dlm.generate(model, prompt, mask_id=MASK, gen_length=2, steps=1, block_length=2, cfg_scale=scale)
+    guided = u + (scale + 1) * (c - u)
+    guided[MASK] = -np.inf
+    assert x[0, 2:].tolist() == [guided.argmax().item()] * 2
+    assert calls[0].shape[0] == 2 and torch.all(calls[0][1, :2] == MASK) and torch.equal(calls[0][0, :2], prompt[0])
+
+
+def test_confidence_rejects_bad_block_layout():
+    with pytest.raises(DlmError, match="divisible by block_length"):
+        dlm.generate(random_model(), torch.tensor([[1]]), mask_id=MASK, gen_length=10, steps=10, block_length=4)
+    with pytest.raises(DlmError, match="number of blocks"):
+        dlm.generate(random_model(), torch.tensor([[1]]), mask_id=MASK, gen_length=8, steps=3, block_length=4)
+
+
+def test_gumbel_and_categorical_draws_are_float64():
+    g = torch.Generator().manual_seed(0)
+    assert gumbel_noise((4, 5), generator=g).dtype == torch.float64
+    logits = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float32)
+    draws = torch.stack([sample_categorical(logits, generator=g) for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=3).double() / 4000
+    torch.testing.assert_close(freq, logits.double().softmax(-1)[0], atol=0.03, rtol=0)
+    assert sample_categorical(logits, temperature=0.0).item() == 2
+
+
+def test_top_p_and_top_k_filters():
+    logits = torch.tensor([0.5, 0.3, 0.2]).log()
+    kept = filter_logits(logits, top_p=0.6).isfinite().tolist()
+    assert kept == [True, True, False]
+    assert filter_logits(logits, top_p=0.4).isfinite().tolist() == [True, False, False]
+    assert filter_logits(logits, top_k=2).isfinite().tolist() == [True, True, False]
+
+
+def tiny_transformer(causal):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, causal=causal)
+    return Transformer(cfg).eval()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ar_with_kv_cache_equals_without(temperature):
+    model = tiny_transformer(causal=True)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    kw = dict(eos_id=10, gen_length=20, temperature=temperature)
+    a = ar_generate(model, prompt, use_cache=True, generator=torch.Generator().manual_seed(0), **kw)
+    b = ar_generate(model, prompt, use_cache=False, generator=torch.Generator().manual_seed(0), **kw)
+    assert a.shape == (2, 23) and torch.equal(a[:, :3], prompt)
+    assert torch.equal(a, b)
+
+
+def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
+    model = tiny_transformer(causal=False)
+    prompt = torch.tensor([[1, 2, MASK, 4]])  # a mask inside the prompt is infilled too
+    calls = []
+
+    def counted(x, t):
+        calls.append(1)
+        return model(x, t)
+
+    history = []
+    x, nfe = ancestral_generate(counted, prompt, mask_id=MASK, gen_length=12, steps=50,
+                                generator=torch.Generator().manual_seed(0), history=history)
+    assert not (x == MASK).any()
+    assert x[0, [0, 1, 3]].tolist() == [1, 2, 4]
+    assert nfe == len(calls) < 50, "the logits cache must skip calls when nothing changed"
+    for prev, cur in zip(history, history[1:]):
+        clean = prev != MASK
+        assert torch.equal(cur[clean], prev[clean])

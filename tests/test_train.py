@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dlm
+from dlm.config import RunConfig, apply_overrides
+from dlm.errors import DlmError
+from dlm.presets import preset_config
+from dlm.train.loop import train
+from dlm.train.optim import lr_at
+
+
+def tiny(objective="mdlm", steps=20, **train_kw):
+    cfg = preset_config("tiny")
+    cfg.train.objective, cfg.train.max_steps, cfg.train.precision = objective, steps, "fp32"
+    cfg.train.batch_size = 4
+    for k, v in train_kw.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def weights(run):
+    return load_file(str(run / "checkpoint" / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.parametrize("objective", ["mdlm", "ar"])
+def test_resume_is_bit_exact(tmp_path, objective):
+    train(tiny(objective, ema=0.9), tmp_path / "full", progress=False)
+    train(tiny(objective, ema=0.9), tmp_path / "split", progress=False, stop_at=10)  # interrupted at step 10
+    state = json.loads((tmp_path / "split" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 10
+    train(tiny(objective, ema=0.9), tmp_path / "split", progress=False, resume=True)
+    assert_same_weights(tmp_path / "full", tmp_path / "split")
+    ema_a = load_file(str(tmp_path / "full" / "checkpoint" / "ema.safetensors"))
+    ema_b = load_file(str(tmp_path / "split" / "checkpoint" / "ema.safetensors"))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    full = [json.loads(line)["step"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == sorted(set(full))
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    train(tiny(steps=20, lr_schedule="constant"), tmp_path / "full", progress=False)
+    train(tiny(steps=10, lr_schedule="constant"), tmp_path / "ext", progress=False)
+    train(tiny(steps=20, lr_schedule="constant"), tmp_path / "ext", progress=False, resume=True)
+    assert_same_weights(tmp_path / "full", tmp_path / "ext")
+
+
+def test_metrics_and_checkpoint_round_trip(tiny_mdlm_run):
+    lines = [json.loads(x) for x in (tiny_mdlm_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in lines if "loss" in r]
+    assert {"step", "loss", "lr", "tokens_per_sec"} <= set(logged[0])
+    assert logged[-1]["step"] == 40 and logged[-1]["loss"] < logged[0]["loss"]
+    model, tok, cfg = dlm.load(tiny_mdlm_run)
+    saved = weights(tiny_mdlm_run)
+    for name, p in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(p, saved[name])
+    assert cfg.train.objective == "mdlm" and cfg.model.vocab_size == tok.vocab_size == 8192
+    assert not cfg.model.causal and tok.mask_id is not None
+    assert sorted(p.name for p in (tiny_mdlm_run / "checkpoint").iterdir()) == [
+        "config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json", "trainer_state.json"]
+
+
+def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tiny_mdlm_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_mdlm_run / "checkpoint", bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DlmError, match="corrupt or truncated"):
+        dlm.load(bad)
+    shutil.copy(tiny_mdlm_run / "checkpoint" / "model.safetensors", bad / "model.safetensors")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["d_model"] = 128
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DlmError, match="does not match config.json"):
+        dlm.load(bad)
+    cfg["model"]["d_model"] = 64
+    cfg["model"]["flash"] = True
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DlmError, match="unknown config key 'model.flash'"):
+        dlm.load(bad)
+    with pytest.raises(DlmError, match="no checkpoint found"):
+        dlm.load(tmp_path / "nothing")
+
+
+def test_config_overrides_are_strict():
+    cfg = apply_overrides(preset_config("tiny"), ["model.d_model=128", "train.ema=0.99", "data.tokenizer=none"])
+    assert cfg.model.d_model == 128 and cfg.train.ema == 0.99 and cfg.data.tokenizer is None
+    with pytest.raises(DlmError, match="unknown config key 'model.width'"):
+        apply_overrides(cfg, ["model.width=3"])
+    with pytest.raises(DlmError, match="expected int"):
+        apply_overrides(cfg, ["model.d_model=big"])
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_lr_schedule():
+    cfg = preset_config("tiny").train
+    cfg.max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio = 110, 10, 1.0, 0.1
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+    cfg.lr_schedule = "constant"
+    assert lr_at(100, cfg) == 1.0
