@@ -33,6 +33,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
     seed: int = typer.Option(0, help="Seed of the initialisation, data order and noise."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint (bit-exact on CPU)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if OUT holds a checkpoint."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start, faster steps)."),
     data: str = typer.Option("austen", help="'austen' (bundled), a .txt file or folder, or hf:NAME[:CONFIG]."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),
@@ -67,7 +68,7 @@ def train(
     apply_overrides(cfg, set_ or [])
     if max_steps <= 0:
         raise DlmError("--max-steps must be positive")
-    run_training(cfg, out, resume=resume, progress=not quiet)
+    run_training(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
 
 
 @app.command("eval")
@@ -172,6 +173,9 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
         top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, schedule=cfg.train.schedule,
     )
     prompt = torch.tensor(encoded, dtype=torch.long)
+    if cfg.model.time_conditioning and name == "confidence":  # LLaDA calls model(x): give t = fraction masked
+        net, mask_id = model, tokenizer.mask_id
+        model = lambda x: net(x, (x == mask_id).float().mean(1))  # noqa: E731
     history: list | None = [] if show_steps else None
     generator = torch.Generator().manual_seed(seed)
     out = run(
@@ -189,8 +193,9 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory of the demo model."),
-    minutes: float = typer.Option(4.0, help="Training time budget in minutes."),
-    max_steps: int = typer.Option(600, "--max-steps", help="Step budget (the LR schedule's length)."),
+    minutes: float = typer.Option(5.0, help="Training time budget in minutes (training stops there)."),
+    max_steps: int = typer.Option(150, "--max-steps", help="Step budget (the LR schedule's length)."),
+    batch_size: int = typer.Option(8, help="Sequences of 256 tokens per step."),
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
     """Train the small masked-diffusion model on the bundled Austen corpus for a few minutes, evaluate it, and
@@ -204,9 +209,9 @@ def demo(
 
     cfg = preset_config("small")
     cfg.train.objective, cfg.train.max_steps, cfg.train.seed = "mdlm", max_steps, seed
-    cfg.train.time_limit_minutes = minutes
+    cfg.train.time_limit_minutes, cfg.train.batch_size, cfg.train.warmup_steps = minutes, batch_size, 20
     typer.echo(f"== 1/3 training the small masked-diffusion LM on Jane Austen for up to {minutes:g} minutes")
-    run_training(cfg, out)
+    run_training(cfg, out, overwrite=True)
     model, tokenizer, cfg = dlm.load(out)
     typer.echo("== 2/3 evaluating on Persuasion (the held-out novel), first 64 sequences, 2 draws each")
     _, _, val = load_packed(cfg.data, tokenizer)

@@ -112,3 +112,16 @@ def test_lr_schedule():
     assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
     cfg.lr_schedule = "constant"
     assert lr_at(100, cfg) == 1.0
+
+
+def test_time_conditioned_model_trains_and_samples(tmp_path):
+    from dlm.cli import sample_texts
+
+    cfg = tiny(steps=5)
+    cfg.model.time_conditioning = True
+    train(cfg, tmp_path / "tc", progress=False)
+    model, tok, cfg = dlm.load(tmp_path / "tc")
+    assert cfg.model.time_conditioning
+    for sampler in ("confidence", "ancestral"):
+        (text,) = sample_texts(model, tok, cfg, ["Anne"], gen_length=8, steps=4, sampler=sampler)
+        assert text.startswith("Anne") and "░" not in text

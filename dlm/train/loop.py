@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -75,6 +76,7 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
     device: str | None = None,
@@ -82,6 +84,9 @@ def train(
     """Train per ``cfg`` into ``out_dir``; return the last logged metrics. ``stop_at`` ends the run early at that
     step (with a checkpoint), as an interruption would, without changing the LR schedule."""
     out_dir = Path(out_dir)
+    if (out_dir / ckpt.CHECKPOINT).exists() and not (resume or overwrite):
+        raise DlmError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
+                       "again, or choose another --out")
     info = setup_distributed(device)
     try:
         return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
@@ -131,6 +136,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if not saved:
+            shutil.rmtree(out_dir / ckpt.CHECKPOINT, ignore_errors=True)  # --overwrite: drop the old run's weights
     log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
     if info.is_main:
         n_params = model.num_parameters()

@@ -1,0 +1,74 @@
+"""The `dlm` command end to end, as a user runs it (subprocesses, tiny preset)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def dlm(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def test_help_lists_the_verbs():
+    out = dlm("--help").stdout
+    for verb in ("train", "eval", "sample", "demo"):
+        assert verb in out
+    train_help = dlm("train", "--help").stdout
+    for flag in ("--preset", "--objective", "--max-steps", "--out", "--seed", "--resume", "--compile", "--data"):
+        assert flag in train_help
+
+
+def test_train_eval_sample_ar(tmp_path):
+    run = tmp_path / "ar"
+    proc = dlm("train", "--preset", "tiny", "--objective", "ar", "--max-steps", 20, "--out", run, "--seed", 1,
+               "--quiet", "--set", "train.log_every=10")
+    assert "done: step 20" in proc.stdout + proc.stderr
+    report = json.loads(dlm("eval", run, "--json", "--max-sequences", 16).stdout)
+    assert report["objective"] == "ar" and report["is_bound"] is False and report["mc_draws"] == 0
+    assert report["tokens"] == 16 * 64 and report["ppl"] > 1 and report["bits_per_byte"] > 0
+    again = json.loads(dlm("eval", run, "--json", "--max-sequences", 16).stdout)
+    assert again == report  # deterministic
+    out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 12, "--seed", 3).stdout
+    assert out.startswith("--- sample 0 ---\nEmma was")
+    assert out == dlm("sample", run, "--prompt", "Emma was", "--gen-length", 12, "--seed", 3).stdout
+
+
+def test_eval_and_sample_mdlm(tiny_mdlm_run):
+    report = json.loads(dlm("eval", tiny_mdlm_run, "--json", "--max-sequences", 16, "--num-samples", 2).stdout)
+    assert report["is_bound"] is True and report["mc_draws"] == 2 and report["nats_per_token"] > 0
+    text = dlm("eval", tiny_mdlm_run, "--max-sequences", 16).stdout
+    assert "<=" in text and "bits per byte" in text
+    out = dlm("sample", tiny_mdlm_run, "--prompt", "Anne", "--gen-length", 16, "--steps", 8, "--block-length", 8,
+              "--show-steps").stdout
+    assert "[1/8]" in out and "[8/8]" in out and "░" in out.splitlines()[1]
+    assert "░" not in out.split("--- sample 0 ---")[1]
+    out = dlm("sample", tiny_mdlm_run, "--gen-length", 16, "--steps", 16, "--sampler", "ancestral",
+              "--num-samples", 2).stdout
+    assert "--- sample 1 ---" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--preset", "huge", "--out", "{tmp}/x"], "unknown preset 'huge'; choose one of: tiny, small, base"),
+        (["train", "--objective", "gpt", "--out", "{tmp}/x"], "unknown objective 'gpt'; choose one of: ar, mdlm"),
+        (["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "model.width=3"], "unknown config key 'model.width'"),
+        (["eval", "{tmp}/missing"], "no checkpoint found"),
+        (["train", "--preset", "tiny", "--out", "{run}"], "already holds a checkpoint; pass --resume"),
+        (["sample", "{run}", "--sampler", "ar"], "does not apply to a model trained with --objective mdlm"),
+        (["sample", "{run}", "--gen-length", "100"], "exceeds the model's context of 64 tokens"),
+        (["sample", "{run}", "--sampler", "beam"], "unknown sampler 'beam'"),
+        (["sample", "{run}", "--gen-length", "16", "--block-length", "5"], "divisible by block_length"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error(args, message, tmp_path, tiny_mdlm_run):
+    args = [a.format(tmp=tmp_path, run=tiny_mdlm_run) for a in args]
+    proc = dlm(*args, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr

@@ -1,0 +1,27 @@
+"""A 2-process torchrun DDP run (gloo on CPU) computes the same update as one process with the whole batch."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+
+def test_torchrun_ddp_matches_single_process(tmp_path):
+    common = ["--preset", "tiny", "--objective", "ar", "--max-steps", "6", "--quiet", "--precision", "fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         "-m", "dlm.cli", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "ddp")],
+        check=True, env=env, capture_output=True, text=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "dlm.cli", "train", *common, "--batch-size", "8", "--out", str(tmp_path / "one")],
+        check=True, env=env, capture_output=True, text=True,
+    )
+    ddp = load_file(str(tmp_path / "ddp" / "checkpoint" / "model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4)
+    assert (tmp_path / "ddp" / "metrics.jsonl").read_text().count("tokens_per_sec") >= 1
