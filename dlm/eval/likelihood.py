@@ -19,38 +19,6 @@ from dlm.train.distributed import DistInfo, all_reduce_sum
 
 
 @torch.no_grad()
-def sequence_nlls(
-    model,
-    objective: Objective,
-    dataset: PackedDataset,
-    tokenizer: Tokenizer,
-    *,
-    schedule: str = "loglinear",
-    num_samples: int = 4,
-    seed: int = 0,
-    max_sequences: int | None = None,
-    batch_size: int = 16,
-    dist_info: DistInfo | None = None,
-    autocast=nullcontext,
-) -> tuple[float, int]:
-    """Sum of per-sequence NLLs (nats) over the first ``max_sequences`` sequences, and the number of sequences."""
-    info = dist_info or DistInfo()
-    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
-    n = len(dataset) if max_sequences is None else min(max_sequences, len(dataset))
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for k in range(info.rank, len(batches), info.world_size):
-        x0 = dataset.batch(batches[k]).to(device)
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
-        with autocast():
-            nll = objective.sequence_nll(
-                model, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=schedule,
-                num_samples=num_samples, generator=generator,
-            )
-        total += nll.double().sum()
-    return all_reduce_sum(total, info).item(), n
-
-
 def evaluate(
     model,
     objective: Objective,
@@ -65,14 +33,26 @@ def evaluate(
     dist_info: DistInfo | None = None,
     autocast=nullcontext,
 ) -> dict:
-    """The report of ``dlm eval``: nats_per_token, ppl, bits_per_byte, tokens, mc_draws, is_bound."""
+    """The report of ``dlm eval`` over the first ``max_sequences`` sequences (all by default): nats_per_token,
+    ppl, bits_per_byte, tokens, mc_draws, is_bound. Batches are shared out over the processes of a DDP run."""
+    info = dist_info or DistInfo()
+    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    total, n = sequence_nlls(
-        model, objective, dataset, tokenizer, schedule=schedule, num_samples=num_samples, seed=seed,
-        max_sequences=max_sequences, batch_size=batch_size, dist_info=dist_info, autocast=autocast,
-    )
+    n = len(dataset) if max_sequences is None else min(max_sequences, len(dataset))
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for k in range(info.rank, len(batches), info.world_size):
+        x0 = dataset.batch(batches[k]).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
+        with autocast():
+            nll = objective.sequence_nll(
+                model, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=schedule,
+                num_samples=num_samples, generator=generator,
+            )  # (B,) nats per sequence
+        total += nll.double().sum()
+    total = all_reduce_sum(total, info).item()
     if was_training:
         model.train()
     tokens = n * dataset.seq_len

@@ -160,8 +160,9 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
 
     def validate() -> float:
         report = evaluate(
-            ema or model, objective, val_set, tokenizer, schedule=tc.schedule, num_samples=1, seed=tc.seed,
-            max_sequences=tc.eval_sequences, batch_size=tc.batch_size, dist_info=info, autocast=autocast,
+            ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule,
+            num_samples=1, seed=tc.seed, max_sequences=tc.eval_sequences, batch_size=tc.batch_size,
+            dist_info=info, autocast=autocast,
         )
         return report["nats_per_token"]
 
