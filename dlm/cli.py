@@ -86,6 +86,8 @@ def eval_(
     from dlm.eval.likelihood import evaluate
     from dlm.objectives import OBJECTIVES
 
+    if num_samples <= 0 or batch_size <= 0 or (max_sequences is not None and max_sequences <= 0):
+        raise DlmError("--num-samples, --batch-size and --max-sequences must be positive")
     model, tokenizer, cfg = dlm.load(run_dir)
     objective = OBJECTIVES.get(cfg.train.objective)
     _, _, val = load_packed(cfg.data, tokenizer)
@@ -138,12 +140,23 @@ def sample(
         typer.echo(f"--- sample {i} ---\n{text}")
 
 
+def _with_time(model, schedule, mask_id: int, prompt_len: int):
+    """Wrap a time-conditioned model as model(x): t is the time whose alpha matches the generated region."""
+
+    def call(x):
+        masked = (x[:, prompt_len:] == mask_id).float().mean(1)  # (B,) fraction still masked = 1 - alpha
+        return model(x, schedule.time_of(1.0 - masked))
+
+    return call
+
+
 def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, block_length=None, sampler=None,
                  temperature=None, top_p=1.0, top_k=0, remasking="low_confidence", cfg_scale=0.0, seed=0,
                  show_steps=False) -> list[str]:
     """Sample one continuation per prompt with a loaded model (prompts of one batch must tokenize equally long)."""
     import torch
 
+    from dlm.noise import get_schedule
     from dlm.objectives import OBJECTIVES
     from dlm.samplers import SAMPLERS, SampleConfig
 
@@ -155,8 +168,10 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
             f"sampler {name!r} does not apply to a model trained with --objective {objective.name}; "
             f"use one of: {', '.join(objective.samplers)}"
         )
-    if gen_length <= 0:
-        raise DlmError("--gen-length must be positive")
+    if gen_length <= 0 or (steps is not None and steps <= 0):
+        raise DlmError("--gen-length and --steps must be positive")
+    if not 0.0 < top_p <= 1.0 or (temperature is not None and temperature < 0) or top_k < 0:
+        raise DlmError("--top-p must be in (0, 1], --temperature and --top-k must not be negative")
     encoded = [tokenizer.encode(p) for p in prompts]
     if len({len(e) for e in encoded}) != 1:
         raise DlmError("prompts of one batch must have the same number of tokens")
@@ -173,9 +188,8 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
         top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, schedule=cfg.train.schedule,
     )
     prompt = torch.tensor(encoded, dtype=torch.long)
-    if cfg.model.time_conditioning and name == "confidence":  # LLaDA calls model(x): give t = fraction masked
-        net, mask_id = model, tokenizer.mask_id
-        model = lambda x: net(x, (x == mask_id).float().mean(1))  # noqa: E731
+    if cfg.model.time_conditioning and name == "confidence":  # LLaDA calls model(x): t from the masked fraction
+        model = _with_time(model, get_schedule(cfg.train.schedule), tokenizer.mask_id, len(encoded[0]))
     history: list | None = [] if show_steps else None
     generator = torch.Generator().manual_seed(seed)
     out = run(

@@ -83,6 +83,29 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         return _build(cls, d, "")
 
+    def validate(self) -> "RunConfig":
+        """Reject values that cannot train, with a one-line DlmError naming the field."""
+        positive = {
+            "data.seq_len": self.data.seq_len, "model.d_model": self.model.d_model,
+            "model.n_layers": self.model.n_layers, "model.n_heads": self.model.n_heads, "model.d_ff": self.model.d_ff,
+            "train.max_steps": self.train.max_steps, "train.batch_size": self.train.batch_size,
+            "train.grad_accum": self.train.grad_accum, "train.log_every": self.train.log_every,
+            "train.lr": self.train.lr,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise DlmError(f"{name} must be positive, got {value}")
+        m = self.model
+        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+            raise DlmError(f"model.d_model {m.d_model} must split into {m.n_heads} heads of even size")
+        if not 0.0 <= self.train.ema < 1.0:
+            raise DlmError(f"train.ema must be in [0, 1) (0 = off), got {self.train.ema}")
+        if self.train.objective == "ar" and m.time_conditioning:
+            raise DlmError("the ar objective has no time: drop model.time_conditioning")
+        if not 0.0 < self.data.val_fraction < 1.0:
+            raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        return self
+
 
 def _build(cls, d: dict[str, Any], prefix: str):
     if not isinstance(d, dict):

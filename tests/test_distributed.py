@@ -12,7 +12,7 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     common = ["--preset", "tiny", "--objective", "ar", "--max-steps", "6", "--quiet", "--precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
          "-m", "dlm.cli", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "ddp")],
         check=True, env=env, capture_output=True, text=True,
     )
@@ -25,3 +25,17 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     for k in one:
         torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4)
     assert (tmp_path / "ddp" / "metrics.jsonl").read_text().count("tokens_per_sec") >= 1
+
+
+def test_torchrun_ddp_masked_diffusion_runs(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "dlm.cli",
+         "train", "--preset", "tiny", "--objective", "mdlm", "--max-steps", "4", "--quiet", "--batch-size", "2",
+         "--eval-every", "2", "--out", str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done: step 4") == 1  # rank 0 alone reports and checkpoints
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert sum("val_nats_per_token" in line for line in lines) == 2  # at step 2 and at the end

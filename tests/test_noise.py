@@ -52,3 +52,10 @@ def test_mask_tokens_rate_and_values(generator):
     assert masked.float().mean().item() == pytest.approx(0.3, abs=0.01)
     assert torch.equal(xt[masked], torch.full_like(xt[masked], 99))
     assert torch.equal(xt[~masked], x0[~masked])
+
+
+@pytest.mark.parametrize("name", ["linear", "loglinear", "cosine"])
+def test_time_of_inverts_alpha(name):
+    s = get_schedule(name)
+    t = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    torch.testing.assert_close(s.time_of(s.alpha(t)), t)

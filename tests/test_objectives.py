@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import dlm
+from dlm.errors import DlmError
 from dlm.objectives import OBJECTIVES, ar_sequence_nll, masked_nelbo, mdlm_loss, subs_log_probs
 from toy import ToyDistribution
 
@@ -26,8 +27,16 @@ def test_masked_nelbo_averages_num_samples_draws():
     toy = ToyDistribution(V=3, L=3)
     g = torch.Generator().manual_seed(0)
     x0 = toy.seqs[:5]
+    def spread(k):  # std over seeds of the K-draw estimate of one sequence
+        runs = [masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=k,
+                             generator=torch.Generator().manual_seed(s)) for s in range(40)]
+        return torch.stack(runs).std(0)
+
     many = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=8, generator=g)
     assert many.shape == (5,) and torch.all(many > 0)
+    assert spread(16).mean() < spread(1).mean() / 2  # averaging 16 draws cuts the spread (about 4x)
+    with pytest.raises(DlmError, match="num_samples"):
+        masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=0)
 
 
 def test_masked_nelbo_bounds_a_wrong_model():

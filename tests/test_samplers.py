@@ -34,20 +34,29 @@ def random_model(seed=0, vocab=V):
     return model
 
 
-def llada_reference(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, generator):
+def llada_reference(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, generator,
+                    cfg_scale=0.0):
     """LLaDA's generate written from its description, in its own style (exp / Gumbel^T in float64)."""
-    x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    B = prompt.shape[0]
+    x = torch.full((B, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt.clone()
     num_blocks = gen_length // block_length
     steps = steps // num_blocks
     for num_block in range(num_blocks):
         s, e = prompt.shape[1] + num_block * block_length, prompt.shape[1] + (num_block + 1) * block_length
         n = (x[:, s:e] == mask_id).sum(dim=1, keepdim=True)
-        num_transfer = torch.zeros(1, steps, dtype=torch.long) + n // steps
-        num_transfer[0, : int(n % steps)] += 1
+        num_transfer = torch.zeros(B, steps, dtype=torch.long) + n // steps
+        for j in range(B):
+            num_transfer[j, : int(n[j] % steps)] += 1
         for i in range(steps):
             mask_index = x == mask_id
-            logits = model(x).double()
+            if cfg_scale > 0:
+                un_x = x.clone()
+                un_x[:, : prompt.shape[1]] = mask_id
+                logits, un_logits = torch.chunk(model(torch.cat([x, un_x])), 2, dim=0)
+                logits = (un_logits + (cfg_scale + 1) * (logits - un_logits)).double()
+            else:
+                logits = model(x).double()
             logits[..., mask_id] = -np.inf
             if temperature == 0:
                 x0 = torch.argmax(logits, dim=-1)
@@ -61,18 +70,25 @@ def llada_reference(model, prompt, steps, gen_length, block_length, temperature,
             x0_p[:, e:] = -np.inf
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, torch.tensor(-np.inf, dtype=torch.float64))
-            _, select = torch.topk(confidence[0], k=int(num_transfer[0, i]))
-            x[0, select] = x0[0, select]
+            for j in range(B):
+                _, select = torch.topk(confidence[j], k=int(num_transfer[j, i]))
+                x[j, select] = x0[j, select]
     return x
 
 
-@pytest.mark.parametrize("temperature,remasking", [(0.0, "low_confidence"), (0.7, "low_confidence"), (0.0, "random"), (1.0, "random")])
-def test_confidence_sampler_matches_the_reference(temperature, remasking):
+@pytest.mark.parametrize(
+    "temperature,remasking,cfg_scale",
+    [(0.0, "low_confidence", 0.0), (0.7, "low_confidence", 0.0), (0.0, "random", 0.0), (1.0, "random", 0.0),
+     (0.5, "low_confidence", 1.5)],
+)
+def test_confidence_sampler_matches_the_reference(temperature, remasking, cfg_scale):
     model = random_model()
-    prompt = torch.tensor([[1, 2, 3]])
-    ours = dlm.generate(model, prompt, mask_id=MASK, gen_length=16, steps=8, block_length=4,
-                        temperature=temperature, remasking=remasking, generator=torch.Generator().manual_seed(1))
-    ref = llada_reference(model, prompt, 8, 16, 4, temperature, remasking, MASK, torch.Generator().manual_seed(1))
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    ours = dlm.generate(model, prompt, mask_id=MASK, gen_length=16, steps=12, block_length=4,
+                        temperature=temperature, remasking=remasking, cfg_scale=cfg_scale,
+                        generator=torch.Generator().manual_seed(1))
+    ref = llada_reference(model, prompt, 12, 16, 4, temperature, remasking, MASK, torch.Generator().manual_seed(1),
+                          cfg_scale=cfg_scale)
     assert torch.equal(ours, ref)
 
 
@@ -144,6 +160,7 @@ def test_top_p_and_top_k_filters():
     assert kept == [True, True, False]
     assert filter_logits(logits, top_p=0.4).isfinite().tolist() == [True, False, False]
     assert filter_logits(logits, top_k=2).isfinite().tolist() == [True, True, False]
+    assert filter_logits(logits, top_p=1e-9).isfinite().tolist() == [True, False, False]
 
 
 def tiny_transformer(causal):
@@ -181,3 +198,14 @@ def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
     for prev, cur in zip(history, history[1:]):
         clean = prev != MASK
         assert torch.equal(cur[clean], prev[clean])
+
+
+def test_ancestral_reveal_probability():
+    """From t to s a masked token stays masked w.p. (1 - alpha(s)) / (1 - alpha(t)) (0.75 for 1 -> 0.75, loglinear)."""
+    model = tiny_transformer(causal=False)
+    history = []
+    ancestral_generate(model, torch.zeros(200, 0, dtype=torch.long), mask_id=MASK, gen_length=50, steps=4,
+                       generator=torch.Generator().manual_seed(0), history=history)
+    still_masked = (history[0] == MASK).float().mean().item()
+    assert still_masked == pytest.approx(0.75, abs=0.015)
+    assert (history[1] == MASK).float().mean().item() == pytest.approx(0.5, abs=0.015)

@@ -36,6 +36,7 @@ class ToyDistribution:
     def next_token(self, inputs: torch.Tensor) -> torch.Tensor:
         """Exact AR conditionals p(x^l | x^{<l}) as logits [B, L, vocab] for inputs = [eos, x^0 .. x^{L-2}]."""
         B, L = inputs.shape
+        assert torch.all(inputs[:, 0] == self.eos_id), "AR inputs must start with the EOS start token"
         out = torch.empty(B, L, self.vocab, dtype=torch.float64)
         for b in range(B):
             for l in range(L):

@@ -93,11 +93,14 @@ def _load_hf(spec: str, text_column: str, val_fraction: float, local: bool = Fal
         import datasets
     except ImportError:
         raise DlmError("Hugging Face datasets need the extra: pip install 'dlm[datasets]'") from None
-    if local:
-        ds = datasets.load_from_disk(spec)
-    else:
-        name, _, config = spec.partition(":")
-        ds = datasets.load_dataset(name, config or None)
+    try:
+        if local:
+            ds = datasets.load_from_disk(spec)
+        else:
+            name, _, config = spec.partition(":")
+            ds = datasets.load_dataset(name, config or None)
+    except Exception as e:  # datasets raises many kinds (network, format, missing config)
+        raise DlmError(f"could not load dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
     if "train" not in ds:

@@ -58,6 +58,8 @@ def tokenize_split(docs: list[str], tokenizer: Tokenizer, key: str) -> np.ndarra
         stream.extend(ids)
         stream.append(tokenizer.eos_id)
     arr = np.asarray(stream, dtype=dtype)
+    if np.isin(arr, [tokenizer.mask_id, tokenizer.pad_id]).any():
+        raise DlmError("the corpus contains the literal text <|mask|> or <|pad|>; remove it from the data")
     _atomic_write(path, arr.tobytes())
     return np.memmap(path, dtype=dtype, mode="r")
 

@@ -32,7 +32,8 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.hf.get_vocab_size(with_added_tokens=True)
+        """One more than the largest id (added-token ids of foreign tokenizers may leave gaps)."""
+        return max(self.hf.get_vocab(with_added_tokens=True).values()) + 1
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids

@@ -32,6 +32,10 @@ class Schedule:
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         return -self.dalpha(t) / (1.0 - self.alpha(t))
 
+    def time_of(self, alpha: torch.Tensor) -> torch.Tensor:
+        """The inverse of alpha(t): the time at which a fraction ``alpha`` of tokens is still clean."""
+        raise NotImplementedError
+
 
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
 
@@ -45,6 +49,9 @@ class LinearSchedule(Schedule):
 
     def dalpha(self, t):
         return -torch.ones_like(t)
+
+    def time_of(self, alpha):
+        return 1.0 - alpha
 
 
 @SCHEDULES.register("loglinear")
@@ -60,6 +67,9 @@ class LogLinearSchedule(Schedule):
     def dalpha(self, t):
         return torch.full_like(t, -(1.0 - self.eps))
 
+    def time_of(self, alpha):
+        return ((1.0 - alpha) / (1.0 - self.eps)).clamp(max=1.0)
+
 
 @SCHEDULES.register("cosine")
 class CosineSchedule(Schedule):
@@ -70,6 +80,9 @@ class CosineSchedule(Schedule):
 
     def dalpha(self, t):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+    def time_of(self, alpha):
+        return torch.acos(alpha.clamp(0.0, 1.0)) * 2.0 / math.pi
 
 
 def get_schedule(schedule: str | Schedule) -> Schedule:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dlm.errors import DlmError
 from dlm.noise import get_schedule, mask_tokens, sample_times
 from dlm.noise.schedules import Schedule
 from dlm.objectives.base import LossOutput
@@ -54,6 +55,8 @@ def masked_nelbo(
     antithetically over all B * num_samples draws (stratified per sequence), in [t_min, 1] as in MDLM: the omitted
     [0, t_min] part of the integral is O(t_min) nats per sequence.
     """
+    if num_samples < 1:
+        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
     schedule = get_schedule(schedule)
     B = x0.shape[0]
     t_all = sample_times(

@@ -90,7 +90,7 @@ def confidence_generate(
         for i in range(steps_per_block):
             masked = x == mask_id  # (B, L)
             logits = _guided_logits(model, x, prompt_len, mask_id, cfg_scale).double()  # (B, L, V)
-            logits[..., mask_id] = float("-inf")
+            logits = logits.index_fill(-1, torch.tensor([mask_id], device=x.device), float("-inf"))  # SUBS
             if temperature > 0.0:
                 x0_hat = (logits + temperature * gumbel_noise(logits.shape, generator=generator, device=x.device)).argmax(-1)
             else:
@@ -98,6 +98,7 @@ def confidence_generate(
             confidence = confidence_of(logits, x0_hat, generator)  # (B, L)
             confidence[:, end:] = float("-inf")
             confidence = torch.where(masked, confidence, torch.full_like(confidence, float("-inf")))
+            x0_hat = torch.where(masked, x0_hat, x)  # committed tokens never change
             for j in range(B):
                 chosen = confidence[j].topk(int(commits[j, i])).indices
                 x[j, chosen] = x0_hat[j, chosen]

@@ -32,13 +32,33 @@ from dlm.models.transformer import Transformer
 CHECKPOINT = "checkpoint"
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run directory or a checkpoint directory."""
+def existing_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint directory of a run directory (or a checkpoint directory itself), or None.
+
+    ``.checkpoint.old`` counts too: it is the last complete checkpoint if a crash hit between the two renames."""
     path = Path(path)
     for candidate in (path, path / CHECKPOINT, path / ".checkpoint.old"):
         if (candidate / "model.safetensors").exists():
             return candidate
-    raise DlmError(f"no checkpoint found in {path}; train one first: dlm train --out {path}")
+    return None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Like ``existing_checkpoint``, but a missing checkpoint is an error."""
+    found = existing_checkpoint(path)
+    if found is None:
+        raise DlmError(f"no checkpoint found in {path}; train one first: dlm train --out {path}")
+    return found
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state["step"], state["data"], state["optimizer_param_groups"]  # noqa: B018 (required keys)
+        return state
+    except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+        raise DlmError(f"{ckpt} has no usable trainer_state.json ({e}); it can be loaded for eval and sampling "
+                       "but not resumed: train a new run with --overwrite") from None
 
 
 def rng_to_str(state: torch.Tensor) -> str:
@@ -94,6 +114,9 @@ def save_checkpoint(
         trainer_state = {**(trainer_state or {}), "optimizer_param_groups": groups}
     if trainer_state is not None:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    for f in tmp.iterdir():  # make the new files durable before they replace the old ones
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
     final, old = run_dir / CHECKPOINT, run_dir / ".checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -134,7 +157,7 @@ def load_weights(model: Transformer, path: Path) -> None:
 def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):
     """Load a trained model: ``(model, tokenizer, config)``; the EMA weights when present and ``use_ema``."""
     ckpt = find_checkpoint(path)
-    config = load_config(ckpt)
+    config = load_config(ckpt).validate()
     tokenizer = load_tokenizer(ckpt / "tokenizer.json")
     if tokenizer.vocab_size != config.model.vocab_size:
         raise DlmError(

@@ -30,7 +30,7 @@ from dlm.eval.likelihood import evaluate
 from dlm.models.transformer import Transformer
 from dlm.objectives import OBJECTIVES
 from dlm.train import checkpoint as ckpt
-from dlm.train.distributed import DistInfo, barrier, setup_distributed, teardown
+from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.optim import build_optimizer, lr_at
 
 
@@ -53,14 +53,21 @@ def autocast_for(precision: str, device: torch.device):
     return nullcontext
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line cut short by a crash counts as after every checkpoint."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 class MetricsLog:
     """``OUT/metrics.jsonl``: one JSON object per logged step (rank 0 only)."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():  # drop lines logged after the checkpoint
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         elif enabled:
             path.write_text("")
@@ -84,7 +91,8 @@ def train(
     """Train per ``cfg`` into ``out_dir``; return the last logged metrics. ``stop_at`` ends the run early at that
     step (with a checkpoint), as an interruption would, without changing the LR schedule."""
     out_dir = Path(out_dir)
-    if (out_dir / ckpt.CHECKPOINT).exists() and not (resume or overwrite):
+    cfg.validate()
+    if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
         raise DlmError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
                        "again, or choose another --out")
     info = setup_distributed(device)
@@ -96,9 +104,10 @@ def train(
 
 def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progress: bool, stop_at) -> dict:
     tc = cfg.train
-    saved = None
-    if resume and (out_dir / ckpt.CHECKPOINT).exists():
-        saved = ckpt.find_checkpoint(out_dir)
+    saved = ckpt.existing_checkpoint(out_dir) if resume else None
+    if resume and saved is None and info.is_main:
+        tqdm.write(f"--resume: no checkpoint in {out_dir}, starting a new run")
+    if saved:
         max_steps, time_limit = tc.max_steps, tc.time_limit_minutes
         cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
         cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
@@ -122,13 +131,15 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     step, tokens_seen, elapsed = 0, 0, 0.0
     if saved:
-        state = json.loads((saved / "trainer_state.json").read_text())
+        state = ckpt.load_trainer_state(saved)
         ckpt.load_weights(model, saved / "model.safetensors")
         if ema is not None:
             ckpt.load_weights(ema, saved / "ema.safetensors")
         ckpt.load_optimizer(optimizer, saved, state["optimizer_param_groups"])
         loader.load_state_dict(state["data"])
         torch.set_rng_state(ckpt.rng_from_str(state["torch_rng"]))
+        if "cuda_rng" in state and info.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.rng_from_str(state["cuda_rng"]), info.device)
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_seconds"]
     forward = torch.compile(model) if tc.compile else model
     if info.enabled:
@@ -137,7 +148,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not saved:
-            shutil.rmtree(out_dir / ckpt.CHECKPOINT, ignore_errors=True)  # --overwrite: drop the old run's weights
+            for old in (ckpt.CHECKPOINT, ".checkpoint.old"):  # --overwrite: drop the old run's weights
+                shutil.rmtree(out_dir / old, ignore_errors=True)
     log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
     if info.is_main:
         n_params = model.num_parameters()
@@ -154,6 +166,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                 trainer_state={
                     "step": step, "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
                     "data": loader.state_dict(), "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
+                    **({"cuda_rng": ckpt.rng_to_str(torch.cuda.get_rng_state(info.device).cpu())}
+                       if info.device.type == "cuda" else {}),
                 },
             )
         barrier(info)
@@ -222,14 +236,19 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         bar.update(1)
         out_of_time = tc.time_limit_minutes > 0 and elapsed > 60 * tc.time_limit_minutes
+        if info.enabled:  # every rank must stop at the same step, or their collectives would not match
+            flag = torch.tensor(float(out_of_time), device=info.device)
+            out_of_time = bool(all_reduce_max(flag, info).item())
         if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
             val = validate()
             log.write({"step": step, "val_nats_per_token": val})
-            bar.write(f"step {step}: validation {val:.4f} nats/token" + (" (bound)" if objective.is_bound else ""))
+            if info.is_main:
+                bar.write(f"step {step}: validation {val:.4f} nats/token" + (" (bound)" if objective.is_bound else ""))
         if tc.save_every and step % tc.save_every == 0 and step < end:
             save()
         if out_of_time:
-            bar.write(f"time limit of {tc.time_limit_minutes} minutes reached at step {step}")
+            if info.is_main:
+                bar.write(f"time limit of {tc.time_limit_minutes} minutes reached at step {step}")
             break
     bar.close()
     val = validate()
