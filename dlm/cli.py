@@ -233,12 +233,13 @@ def demo(
                       max_sequences=64)
     typer.echo(f"   perplexity <= {report['ppl']:.1f}, bits per byte <= {report['bits_per_byte']:.3f} "
                f"({report['tokens']} tokens; an upper bound; `dlm eval {out}` evaluates the whole split)")
-    typer.echo("== 3/3 sampling with the confidence sampler (LLaDA), 48 tokens in 6 blocks of 8, 48 steps")
+    typer.echo("== 3/3 sampling with MDLM's ancestral sampler: 48 tokens, 48 steps, temperature 1")
     for i, p in enumerate(DEMO_PROMPTS):
-        text = sample_texts(model, tokenizer, cfg, [p], gen_length=48, steps=48, block_length=8, temperature=0.7,
-                            seed=seed + i, show_steps=(i == 0))[0]
+        text = sample_texts(model, tokenizer, cfg, [p], gen_length=48, steps=48, sampler="ancestral",
+                            temperature=1.0, seed=seed + i, show_steps=(i == 0))[0]
         typer.echo(f"--- {p!r} ->\n{text}\n")
-    typer.echo(f"done. Try: dlm sample {out} --prompt \"Emma\" --gen-length 64 --steps 64 --show-steps")
+    typer.echo(f"done. Try LLaDA's sampler: dlm sample {out} --prompt \"Emma\" --gen-length 64 --steps 64 "
+               "--block-length 16 --temperature 1 --show-steps")
 
 
 def main() -> None:
