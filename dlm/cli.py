@@ -121,7 +121,12 @@ def sample(
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (ar and ancestral)."),
     top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens, 0 = all (ar and ancestral)."),
-    remasking: str = typer.Option("low_confidence", help="Confidence sampler policy: low_confidence or random."),
+    remasking: str = typer.Option(
+        "low_confidence", help="Confidence sampler order: low_confidence, random, margin or entropy."
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, help="Confidence sampler: commit every position with confidence >= T each step (Fast-dLLM)."
+    ),
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (confidence sampler)."),
     num_samples: int = typer.Option(1, help="How many continuations to draw."),
     seed: int = typer.Option(0, help="Seed of the sampler's draws."),
@@ -134,7 +139,7 @@ def sample(
     texts = sample_texts(
         model, tokenizer, cfg, [prompt] * num_samples, gen_length=gen_length, steps=steps, block_length=block_length,
         sampler=sampler, temperature=temperature, top_p=top_p, top_k=top_k, remasking=remasking,
-        cfg_scale=cfg_scale, seed=seed, show_steps=show_steps,
+        cfg_scale=cfg_scale, threshold=threshold, seed=seed, show_steps=show_steps,
     )
     for i, text in enumerate(texts):
         typer.echo(f"--- sample {i} ---\n{text}")
@@ -151,8 +156,8 @@ def _with_time(model, schedule, mask_id: int, prompt_len: int):
 
 
 def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, block_length=None, sampler=None,
-                 temperature=None, top_p=1.0, top_k=0, remasking="low_confidence", cfg_scale=0.0, seed=0,
-                 show_steps=False) -> list[str]:
+                 temperature=None, top_p=1.0, top_k=0, remasking="low_confidence", cfg_scale=0.0, threshold=None,
+                 seed=0, show_steps=False) -> list[str]:
     """Sample one continuation per prompt with a loaded model (prompts of one batch must tokenize equally long)."""
     import torch
 
@@ -185,7 +190,8 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
         temperature = 0.0 if name == "confidence" else 1.0
     sc = SampleConfig(
         gen_length=gen_length, steps=steps or gen_length, block_length=block_length, temperature=temperature,
-        top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, schedule=cfg.train.schedule,
+        top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold,
+        schedule=cfg.train.schedule,
     )
     prompt = torch.tensor(encoded, dtype=torch.long)
     if cfg.model.time_conditioning and name == "confidence":  # LLaDA calls model(x): t from the masked fraction

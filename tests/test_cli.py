@@ -50,6 +50,9 @@ def test_eval_and_sample_mdlm(tiny_mdlm_run):
     out = dlm("sample", tiny_mdlm_run, "--gen-length", 16, "--steps", 16, "--sampler", "ancestral",
               "--num-samples", 2).stdout
     assert "--- sample 1 ---" in out
+    out = dlm("sample", tiny_mdlm_run, "--gen-length", 16, "--block-length", 8, "--threshold", 0.3,
+              "--remasking", "margin", "--show-steps").stdout
+    assert "░" not in out.split("--- sample 0 ---")[1]
 
 
 @pytest.mark.parametrize(

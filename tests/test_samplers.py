@@ -209,3 +209,42 @@ def test_ancestral_reveal_probability():
     still_masked = (history[0] == MASK).float().mean().item()
     assert still_masked == pytest.approx(0.75, abs=0.015)
     assert (history[1] == MASK).float().mean().item() == pytest.approx(0.5, abs=0.015)
+
+
+@pytest.mark.parametrize("temperature,remasking", [(0.0, "low_confidence"), (1.0, "low_confidence"), (0.5, "margin")])
+def test_threshold_one_equals_one_commit_per_step(temperature, remasking):
+    """--threshold 1.0 commits only the most confident token: the fixed-count sampler with steps = gen_length."""
+    model, prompt = random_model(5), torch.tensor([[1, 2], [3, 4]])
+    kw = dict(mask_id=MASK, gen_length=12, block_length=4, temperature=temperature, remasking=remasking)
+    fixed = confidence_generate(model, prompt, steps=12, generator=torch.Generator().manual_seed(2), **kw)
+    history = []
+    tau = confidence_generate(model, prompt, steps=None, threshold=1.0, history=history,
+                              generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(fixed, tau) and len(history) == 12
+
+
+def test_threshold_adapts_the_number_of_model_calls():
+    model, prompt = random_model(6), torch.tensor([[1, 2]])
+    calls = {}
+    for tau in (0.0, 0.5, 0.9, 1.0):
+        history = []
+        x = confidence_generate(model, prompt, mask_id=MASK, gen_length=16, steps=None, block_length=8,
+                                threshold=tau, history=history)
+        assert not (x == MASK).any()
+        calls[tau] = len(history)
+    assert calls[0.0] == 2  # everything in one call per block
+    assert calls[1.0] == 16
+    assert calls[0.0] <= calls[0.5] <= calls[0.9] <= calls[1.0]
+
+
+@pytest.mark.parametrize("remasking", ["margin", "entropy"])
+def test_dream_orderings(remasking):
+    logits = torch.tensor([[[2.0, 1.9, -5.0], [3.0, -1.0, -1.0]]], dtype=torch.float64)
+    x0_hat = logits.argmax(-1)
+    from dlm.samplers import REMASKING
+
+    score = REMASKING.get(remasking)(logits, x0_hat, None)
+    assert score[0, 1] > score[0, 0]  # the peaked position beats the torn one
+    x = dlm.generate(random_model(), torch.tensor([[1]]), mask_id=MASK, gen_length=8, steps=4, block_length=4,
+                     remasking=remasking)
+    assert not (x == MASK).any()

@@ -23,6 +23,7 @@ class SampleConfig:
     top_p: float = 1.0
     remasking: str = "low_confidence"
     cfg_scale: float = 0.0
+    threshold: float | None = None  # confidence sampler: Fast-dLLM threshold decoding instead of fixed counts
     schedule: str = "loglinear"
 
 
@@ -52,7 +53,7 @@ def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, generator, his
     return confidence_generate(
         model, prompt, mask_id=mask_id, gen_length=cfg.gen_length, steps=cfg.steps,
         block_length=cfg.block_length, temperature=cfg.temperature, remasking=cfg.remasking,
-        cfg_scale=cfg.cfg_scale, generator=generator, history=history,
+        cfg_scale=cfg.cfg_scale, threshold=cfg.threshold, generator=generator, history=history,
     )
 
 
