@@ -119,8 +119,8 @@ def sample(
     block_length: Optional[int] = typer.Option(None, "--block-length", help="Confidence sampler block (default: gen-length)."),
     sampler: Optional[str] = typer.Option(None, help="ar, ancestral or confidence (default: the model's own)."),
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (ar and ancestral)."),
-    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens, 0 = all (ar and ancestral)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0: all)."),
     remasking: str = typer.Option(
         "low_confidence", help="Confidence sampler order: low_confidence, random, margin or entropy."
     ),

@@ -248,3 +248,15 @@ def test_dream_orderings(remasking):
     x = dlm.generate(random_model(), torch.tensor([[1]]), mask_id=MASK, gen_length=8, steps=4, block_length=4,
                      remasking=remasking)
     assert not (x == MASK).any()
+
+
+def test_confidence_top_k_one_is_greedy_and_top_p_restricts():
+    model, prompt = random_model(7), torch.tensor([[1, 2], [3, 4]])
+    kw = dict(mask_id=MASK, gen_length=8, steps=8, block_length=4)
+    greedy = confidence_generate(model, prompt, temperature=0.0, **kw)
+    def hot(**extra):
+        return confidence_generate(model, prompt, temperature=2.0, generator=torch.Generator().manual_seed(0),
+                                   **kw, **extra)
+
+    assert torch.equal(greedy, hot(top_k=1)) and torch.equal(greedy, hot(top_p=1e-9))
+    assert not torch.equal(greedy, hot())

@@ -53,7 +53,8 @@ def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, generator, his
     return confidence_generate(
         model, prompt, mask_id=mask_id, gen_length=cfg.gen_length, steps=cfg.steps,
         block_length=cfg.block_length, temperature=cfg.temperature, remasking=cfg.remasking,
-        cfg_scale=cfg.cfg_scale, threshold=cfg.threshold, generator=generator, history=history,
+        cfg_scale=cfg.cfg_scale, threshold=cfg.threshold, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
+        history=history,
     )
 
 

@@ -17,7 +17,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.registry import Registry
-from dlm.samplers.categorical import gumbel_noise
+from dlm.samplers.categorical import filter_logits, gumbel_noise
 
 # Remasking policies: (logits float64 [B, L, V], candidates [B, L], generator) -> confidence [B, L] float64
 REMASKING: Registry = Registry("remasking policy")
@@ -95,14 +95,15 @@ def check_blocks(gen_length: int, steps: int | None, block_length: int) -> int |
     return steps // num_blocks
 
 
-def _propose(model, x, prompt_len, mask_id, cfg_scale, temperature, confidence_of, end, generator):
+def _propose(model, x, prompt_len, mask_id, cfg_scale, temperature, top_k, top_p, confidence_of, end, generator):
     """One model call: candidates [B, L] (the current token where already clean) and their confidence [B, L]
     (-inf where nothing may be committed: clean positions and positions right of the block)."""
     masked = x == mask_id  # (B, L)
     logits = _guided_logits(model, x, prompt_len, mask_id, cfg_scale).double()  # (B, L, V)
     logits = logits.index_fill(-1, torch.tensor([mask_id], device=x.device), float("-inf"))  # SUBS
-    if temperature > 0.0:
-        x0_hat = (logits + temperature * gumbel_noise(logits.shape, generator=generator, device=x.device)).argmax(-1)
+    if temperature > 0.0:  # argmax(logits / T + G) = argmax(logits + T G): LLaDA's draw, within top-k / top-p
+        filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+        x0_hat = (filtered + gumbel_noise(logits.shape, generator=generator, device=x.device)).argmax(-1)
     else:
         x0_hat = logits.argmax(-1)  # (B, L)
     confidence = confidence_of(logits, x0_hat, generator)  # (B, L)
@@ -124,6 +125,8 @@ def confidence_generate(
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
     generator: torch.Generator | None = None,
     history: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -133,6 +136,7 @@ def confidence_generate(
     ``threshold=tau`` switches to Fast-dLLM's parallel decoding: each step commits every masked position of the
     block whose confidence (the remasking policy's score) is >= tau, at least one, until the block is full; the
     number of model calls then adapts to the text and ``steps`` is not used. ``len(history)`` counts the calls.
+    ``top_k`` / ``top_p`` restrict the candidate draw when ``temperature > 0`` (the confidence is unchanged).
     """
     block_length = gen_length if block_length is None else block_length
     steps_per_block = check_blocks(gen_length, None if threshold is not None else steps, block_length)
@@ -145,8 +149,8 @@ def confidence_generate(
             commits = num_transfer_tokens((x[:, start:end] == mask_id).sum(1), steps_per_block)  # (B, S)
         i = 0
         while i < steps_per_block if threshold is None else (x[:, start:end] == mask_id).any():
-            x0_hat, confidence = _propose(model, x, prompt_len, mask_id, cfg_scale, temperature, confidence_of,
-                                          end, generator)
+            x0_hat, confidence = _propose(model, x, prompt_len, mask_id, cfg_scale, temperature, top_k, top_p,
+                                          confidence_of, end, generator)
             chosen = commit_threshold(confidence, threshold) if threshold is not None else commit_top_k(
                 confidence, commits[:, i])
             x = torch.where(chosen, x0_hat, x)
