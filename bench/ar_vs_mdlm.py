@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, machine_line, write_results  # noqa: E402
 
 PROMPTS = ["It is a truth universally acknowledged,", "Elizabeth walked into the room and"]
-PUBLISHED = "MDLM / AR perplexity ratio: 1.21 on LM1B (<= 27.04 vs 22.32), 1.32 on OpenWebText (<= 23.21 vs 17.54)"
+PUBLISHED = "1.21 on LM1B (<= 27.04 vs 22.32), 1.32 on OpenWebText (<= 23.21 vs 17.54)"
 
 
 def dlm(*args: str) -> str:

@@ -18,8 +18,8 @@ class LossOutput:
 class Objective:
     """An objective as the trainer, evaluator and CLI see it.
 
-    ``loss(model, x0, *, tokenizer_ids, schedule, generator, antithetic) -> LossOutput`` trains;
-    ``sequence_nll(model, x0, *, tokenizer_ids, schedule, num_samples, generator) -> Tensor[B]`` evaluates
+    ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic) -> LossOutput`` trains;
+    ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator) -> Tensor[B]`` evaluates
     (nats per sequence: exact for AR, an upper bound for diffusion).
     """
 

@@ -145,10 +145,13 @@ def load_config(ckpt: Path) -> RunConfig:
 
 
 def load_weights(model: Transformer, path: Path) -> None:
-    _load_tensors(path)  # validates the file with a clear error before loading
+    if not path.exists():
+        raise DlmError(f"{path} is missing; the checkpoint is incomplete: re-train or restore it")
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
-    except RuntimeError as e:
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DlmError(f"{path} is corrupt or truncated ({e}); re-train or restore the checkpoint") from None
+    except RuntimeError as e:  # shapes that do not fit the model built from config.json
         raise DlmError(f"{path} does not match config.json ({str(e).splitlines()[0]})") from None
     if missing or unexpected:
         raise DlmError(f"{path} does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")

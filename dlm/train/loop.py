@@ -173,12 +173,14 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         barrier(info)
 
     def validate() -> float:
-        report = evaluate(
+        """Validation bound / NLL on the first eval_sequences sequences, logged to metrics.jsonl."""
+        val = evaluate(
             ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule,
             num_samples=1, seed=tc.seed, max_sequences=tc.eval_sequences, batch_size=tc.batch_size,
             dist_info=info, autocast=autocast,
-        )
-        return report["nats_per_token"]
+        )["nats_per_token"]
+        log.write({"step": step, "val_nats_per_token": val})
+        return val
 
     end = min(tc.max_steps, stop_at) if stop_at is not None else tc.max_steps
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True,
@@ -241,7 +243,6 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             out_of_time = bool(all_reduce_max(flag, info).item())
         if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
             val = validate()
-            log.write({"step": step, "val_nats_per_token": val})
             if info.is_main:
                 bar.write(f"step {step}: validation {val:.4f} nats/token" + (" (bound)" if objective.is_bound else ""))
         if tc.save_every and step % tc.save_every == 0 and step < end:
@@ -253,7 +254,6 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     bar.close()
     val = validate()
     record = {**record, "step": step, "val_nats_per_token": val}
-    log.write({"step": step, "val_nats_per_token": val})
     save()
     if info.is_main:
         tqdm.write(
