@@ -113,8 +113,13 @@ def _render(tokenizer, ids) -> str:
 @app.command()
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory (or its checkpoint/)."),
-    prompt: str = typer.Option("", help="Text to continue (may be empty)."),
-    gen_length: int = typer.Option(64, "--gen-length", help="Tokens to generate."),
+    prompt: List[str] = typer.Option(
+        [""], help="Text to continue (may be empty). Repeat the flag for a batch of prompts of any lengths."
+    ),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="One prompt per line (replaces --prompt)."),
+    gen_length: int = typer.Option(
+        64, "--gen-length", "--max-new-tokens", help="Tokens to generate (fewer when a sample ends at EOS)."
+    ),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: gen-length; ignored by ar)."),
     block_length: Optional[int] = typer.Option(None, "--block-length", help="Confidence sampler block (default: gen-length)."),
     sampler: Optional[str] = typer.Option(None, help="ar, ancestral or confidence (default: the model's own)."),
@@ -127,43 +132,50 @@ def sample(
     threshold: Optional[float] = typer.Option(
         None, help="Confidence sampler: commit every position with confidence >= T each step (Fast-dLLM)."
     ),
+    cache: str = typer.Option(
+        "none", help="Confidence sampler KV cache (Fast-dLLM): none, prefix or dual; refreshed at every block start."
+    ),
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (confidence sampler)."),
-    num_samples: int = typer.Option(1, help="How many continuations to draw."),
-    seed: int = typer.Option(0, help="Seed of the sampler's draws."),
-    show_steps: bool = typer.Option(False, "--show-steps", help="Print every intermediate state."),
+    stop_at_eos: bool = typer.Option(
+        True, "--stop-at-eos/--no-stop-at-eos", help="End a sample at its first <|endoftext|> (diffusion: with that block)."
+    ),
+    num_samples: int = typer.Option(1, help="Continuations per prompt."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Samples generated together (left-padded)."),
+    seed: int = typer.Option(0, help="Seed; sample i uses seed + i, so batching never changes a sample."),
+    show_steps: bool = typer.Option(False, "--show-steps", help="Print every intermediate state of the first sample."),
 ) -> None:
-    """Generate a continuation of a prompt. Example: dlm sample runs/tiny --prompt "Emma" --gen-length 32 --steps 32"""
+    """Generate continuations of prompts. Example: dlm sample runs/tiny --prompt "Emma" --gen-length 32 --steps 32"""
     import dlm
 
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DlmError(f"cannot read --prompt-file {prompt_file}: {e.strerror}") from None
+    if num_samples <= 0 or batch_size <= 0 or not prompt:
+        raise DlmError("--num-samples and --batch-size must be positive, and there must be a prompt")
     model, tokenizer, cfg = dlm.load(run_dir)
-    texts = sample_texts(
-        model, tokenizer, cfg, [prompt] * num_samples, gen_length=gen_length, steps=steps, block_length=block_length,
-        sampler=sampler, temperature=temperature, top_p=top_p, top_k=top_k, remasking=remasking,
-        cfg_scale=cfg_scale, threshold=threshold, seed=seed, show_steps=show_steps,
-    )
-    for i, text in enumerate(texts):
-        typer.echo(f"--- sample {i} ---\n{text}")
-
-
-def _with_time(model, schedule, mask_id: int, prompt_len: int):
-    """Wrap a time-conditioned model as model(x): t is the time whose alpha matches the generated region."""
-
-    def call(x):
-        masked = (x[:, prompt_len:] == mask_id).float().mean(1)  # (B,) fraction still masked = 1 - alpha
-        return model(x, schedule.time_of(1.0 - masked))
-
-    return call
+    prompts = [p for p in prompt for _ in range(num_samples)]
+    for first in range(0, len(prompts), batch_size):
+        texts = sample_texts(
+            model, tokenizer, cfg, prompts[first : first + batch_size], gen_length=gen_length, steps=steps,
+            block_length=block_length, sampler=sampler, temperature=temperature, top_p=top_p, top_k=top_k,
+            remasking=remasking, cfg_scale=cfg_scale, threshold=threshold, cache=cache, stop_at_eos=stop_at_eos,
+            seed=seed + first, show_steps=show_steps and first == 0,
+        )
+        for i, text in enumerate(texts):
+            typer.echo(f"--- sample {first + i} ---\n{text}")
 
 
 def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, block_length=None, sampler=None,
                  temperature=None, top_p=1.0, top_k=0, remasking="low_confidence", cfg_scale=0.0, threshold=None,
-                 seed=0, show_steps=False) -> list[str]:
-    """Sample one continuation per prompt with a loaded model (prompts of one batch must tokenize equally long)."""
+                 cache="none", stop_at_eos=False, seed=0, show_steps=False) -> list[str]:
+    """Sample one continuation per prompt with a loaded model, as one left-padded batch; prompt i uses the seed
+    ``seed + i`` (so a prompt's sample does not depend on the batch)."""
     import torch
 
-    from dlm.noise import get_schedule
     from dlm.objectives import OBJECTIVES
-    from dlm.samplers import SAMPLERS, SampleConfig
+    from dlm.samplers import CACHES, SAMPLERS, SampleConfig, left_pad
 
     objective = OBJECTIVES.get(cfg.train.objective)
     name = sampler or objective.samplers[0]
@@ -177,37 +189,44 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
         raise DlmError("--gen-length and --steps must be positive")
     if not 0.0 < top_p <= 1.0 or (temperature is not None and temperature < 0) or top_k < 0:
         raise DlmError("--top-p must be in (0, 1], --temperature and --top-k must not be negative")
+    if cache not in CACHES:
+        raise DlmError(f"unknown cache {cache!r}; choose one of: {', '.join(CACHES)}")
+    if cache != "none" and name != "confidence":
+        raise DlmError(f"--cache {cache} applies to the confidence sampler only")
     encoded = [tokenizer.encode(p) for p in prompts]
-    if len({len(e) for e in encoded}) != 1:
-        raise DlmError("prompts of one batch must have the same number of tokens")
-    context = cfg.model.max_seq_len
-    if len(encoded[0]) + gen_length > context:
+    longest, context = max(len(e) for e in encoded), cfg.model.max_seq_len
+    if longest + gen_length > context:
         raise DlmError(
-            f"prompt ({len(encoded[0])} tokens) + gen-length ({gen_length}) exceeds the model's context of "
+            f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
             f"{context} tokens; shorten the prompt or lower --gen-length"
         )
     if temperature is None:
         temperature = 0.0 if name == "confidence" else 1.0
     sc = SampleConfig(
         gen_length=gen_length, steps=steps or gen_length, block_length=block_length, temperature=temperature,
-        top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold,
-        schedule=cfg.train.schedule,
+        top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold, cache=cache,
+        stop_at_eos=stop_at_eos, schedule=cfg.train.schedule,
     )
-    prompt = torch.tensor(encoded, dtype=torch.long)
-    if cfg.model.time_conditioning and name == "confidence":  # LLaDA calls model(x): t from the masked fraction
-        model = _with_time(model, get_schedule(cfg.train.schedule), tokenizer.mask_id, len(encoded[0]))
+    tokens, mask = left_pad(encoded, tokenizer.pad_id)
     history: list | None = [] if show_steps else None
-    generator = torch.Generator().manual_seed(seed)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     out = run(
-        model, prompt, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
-        time_conditioned=cfg.model.time_conditioning, generator=generator, history=history,
+        model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, prompt_mask=mask,
+        time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
     )
     if history:
         typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")
         width = len(str(len(history)))
         for i, state in enumerate(history):
             typer.echo(f"[{i + 1:>{width}}/{len(history)}] " + _render(tokenizer, state[0]).replace("\n", " "))
-    return [_render(tokenizer, row) for row in out]
+    return [_render(tokenizer, _until_eos(row, tokens.shape[1], tokenizer.eos_id) if stop_at_eos else row)
+            for row in out]
+
+
+def _until_eos(row, start: int, eos_id: int):
+    """The tokens of ``row`` before its first ``eos_id`` at or after ``start``."""
+    hits = (row[start:] == eos_id).nonzero()
+    return row if len(hits) == 0 else row[: start + int(hits[0])]
 
 
 @app.command()

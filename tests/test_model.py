@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dlm.config import ModelConfig
-from dlm.models import KVCache, Transformer
+from dlm.models import CanvasCache, KVCache, Transformer
 from dlm.presets import preset_config
 
 
@@ -41,6 +41,36 @@ def test_kv_cache_forward_equals_full_forward():
     parts.append(model(x[:, 9:], kv_cache=cache))  # a chunk after the cache
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_canvas_cache_window_equals_full_forward_on_the_same_canvas():
+    model = make()
+    x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(3))
+    full = model(x)
+    cache = CanvasCache()
+    torch.testing.assert_close(model(x, kv_cache=cache), full)  # stores the canvas
+    cache.window = (4, 8)  # dual: prefix and suffix reused
+    torch.testing.assert_close(model(x[:, 4:8], kv_cache=cache), full[:, 4:8], atol=1e-5, rtol=1e-5)
+    cache.window = (8, 16)  # prefix: everything from the block on is re-run
+    torch.testing.assert_close(model(x[:, 8:], kv_cache=cache), full[:, 8:], atol=1e-5, rtol=1e-5)
+    y = x.clone()
+    y[:, 5] = (y[:, 5] + 1) % 50  # a token of the window changes: its own keys are fresh, the others' are stale
+    cache.window = (4, 8)
+    stale = model(y[:, 4:8], kv_cache=cache)
+    assert not torch.allclose(stale, model(y)[:, 4:8], atol=1e-4)  # the approximation is real
+    assert not torch.allclose(stale, full[:, 4:8], atol=1e-4)  # and the window's new token is seen
+    with pytest.raises(ValueError, match="bidirectional"):
+        make(causal=True)(x, kv_cache=cache)
+
+
+def test_padding_mask_and_positions_make_left_padding_invisible():
+    model = make()
+    x = torch.randint(0, 49, (1, 7), generator=torch.Generator().manual_seed(4))
+    padded = torch.cat([torch.full((1, 3), 49), x], 1)
+    keys = torch.tensor([[False] * 3 + [True] * 7])
+    positions = (keys.cumsum(1) - 1).clamp_min(0)
+    out = model(padded, attn_mask=keys[:, None, :], positions=positions)
+    torch.testing.assert_close(out[:, 3:], model(x), atol=1e-5, rtol=1e-5)
 
 
 def test_time_conditioning_uses_t_and_requires_it():

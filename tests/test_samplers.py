@@ -36,7 +36,8 @@ def random_model(seed=0, vocab=V):
 
 def llada_reference(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, generator,
                     cfg_scale=0.0):
-    """LLaDA's generate written from its description, in its own style (exp / Gumbel^T in float64)."""
+    """LLaDA's generate written from its description, in its own style (exp / Gumbel^T in float64). LLaDA draws its
+    noise for the whole canvas and uses the block's; like dlm, this draws it for the block only."""
     B = prompt.shape[0]
     x = torch.full((B, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt.clone()
@@ -61,12 +62,14 @@ def llada_reference(model, prompt, steps, gen_length, block_length, temperature,
             if temperature == 0:
                 x0 = torch.argmax(logits, dim=-1)
             else:
-                noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator)
+                noise = torch.full(logits.shape, 0.5, dtype=torch.float64)
+                noise[:, s:e] = torch.rand((B, e - s, logits.shape[-1]), dtype=torch.float64, generator=generator)
                 x0 = torch.argmax(logits.exp() / (-torch.log(noise)) ** temperature, dim=-1)
             if remasking == "low_confidence":
                 x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
             else:
-                x0_p = torch.rand(x0.shape, dtype=torch.float64, generator=generator)
+                x0_p = torch.zeros(x0.shape, dtype=torch.float64)
+                x0_p[:, s:e] = torch.rand((B, e - s), dtype=torch.float64, generator=generator)
             x0_p[:, e:] = -np.inf
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, torch.tensor(-np.inf, dtype=torch.float64))

@@ -1,5 +1,5 @@
 """Diffusion-agnostic backbones."""
 
-from dlm.models.transformer import KVCache, Transformer
+from dlm.models.transformer import CanvasCache, KVCache, Transformer
 
-__all__ = ["KVCache", "Transformer"]
+__all__ = ["CanvasCache", "KVCache", "Transformer"]

@@ -2,7 +2,9 @@
 
 The model knows nothing about diffusion: ``model(x, t=None) -> logits [B, L, V]``. Attention is bidirectional or
 causal (``ModelConfig.causal``, overridable per call) or any boolean mask; ``t`` is used only when the model was
-built with ``time_conditioning`` (adaLN, as in DiT). A ``KVCache`` makes causal decoding incremental.
+built with ``time_conditioning`` (adaLN, as in DiT). A ``KVCache`` makes causal decoding incremental; a
+``CanvasCache`` lets a bidirectional model re-run only part of a fixed-length canvas (Fast-dLLM's prefix and dual
+caches).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dlm.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of past positions, one (k, v) pair per layer, each [B, H, T, Dh]."""
+    """Keys and values of past positions, one (k, v) pair per layer, each [B, H, T, Dh]: each call appends."""
 
     def __init__(self, n_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * n_layers
@@ -27,13 +29,46 @@ class KVCache:
     def length(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    offset = length  # position of the call's first token
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k, v of ``layer`` after the cached ones and return all of them."""
         if self.keys[layer] is not None:
             k = torch.cat([self.keys[layer], k], dim=2)
             v = torch.cat([self.values[layer], v], dim=2)
         self.keys[layer], self.values[layer] = k, v
         return k, v
+
+
+class CanvasCache:
+    """Keys and values of every position of a fixed-length canvas, for bidirectional models (Fast-dLLM).
+
+    With ``window = None`` a call runs the whole canvas and stores its keys and values. With ``window = (start,
+    end)`` a call runs only the tokens ``x[:, start:end]``: their keys and values replace those slots, and their
+    queries attend to the whole canvas, the other slots as last stored. ``(start, canvas end)`` is the prefix
+    cache (the prefix is reused), a block's ``(start, end)`` the dual cache (prefix and suffix are reused). Reused
+    slots are stale once tokens elsewhere change: that is the approximation, refreshed by a whole-canvas call.
+    """
+
+    def __init__(self):
+        self.keys: dict[int, torch.Tensor] = {}  # layer -> [B, H, T, Dh]
+        self.values: dict[int, torch.Tensor] = {}
+        self.window: tuple[int, int] | None = None
+
+    @property
+    def offset(self) -> int:
+        return 0 if self.window is None else self.window[0]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.window is None:  # own copies (v is a view into the qkv projection), written into later
+            self.keys[layer], self.values[layer] = k.contiguous(), v.contiguous()
+            return k, v
+        start, end = self.window
+        if layer not in self.keys or end - start != k.shape[2]:
+            raise ValueError(f"window {self.window} needs a stored canvas and {end - start} tokens, got {k.shape[2]}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer], self.values[layer]
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,12 +95,12 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None, layer: int):
+    def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | CanvasCache | None, layer: int):
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.append(layer, k, v)  # (B, H, T + L, Dh)
+            k, v = cache.update(layer, k, v)  # (B, H, T, Dh): the cached and this call's
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, L, Dh)
@@ -148,13 +183,16 @@ class Transformer(nn.Module):
         attn_mask: torch.Tensor | None = None,
         causal: bool | None = None,
         positions: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | CanvasCache | None = None,
     ) -> torch.Tensor:
         """x: LongTensor [B, L]; t: [B] in [0, 1] (time-conditioned models only); attn_mask: bool, True = attend,
-        [Lq, Lk] or [B, Lq, Lk]; positions: RoPE positions [L] or [B, L] (default: after the cache)."""
+        [Lq, Lk] or [B, Lq, Lk] (Lk counts cached keys too); positions: RoPE positions [L] or [B, L] (default:
+        counted from the cache's offset)."""
         B, L = x.shape
         causal = self.config.causal if causal is None else causal
-        past = 0 if kv_cache is None else kv_cache.length
+        if causal and isinstance(kv_cache, CanvasCache):
+            raise ValueError("a CanvasCache is for bidirectional attention; causal decoding uses a KVCache")
+        past = 0 if kv_cache is None else kv_cache.offset
         if positions is None:
             positions = torch.arange(past, past + L, device=x.device)
         cos, sin = rope_angles(positions, self.config.d_model // self.config.n_heads, self.config.rope_base)

@@ -9,8 +9,9 @@ import torch
 from dlm.registry import Registry
 from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
+from dlm.samplers.batching import left_pad
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
-from dlm.samplers.confidence import REMASKING, confidence_generate, num_transfer_tokens
+from dlm.samplers.confidence import CACHES, REMASKING, confidence_generate, num_transfer_tokens
 
 
 @dataclass
@@ -24,43 +25,52 @@ class SampleConfig:
     remasking: str = "low_confidence"
     cfg_scale: float = 0.0
     threshold: float | None = None  # confidence sampler: Fast-dLLM threshold decoding instead of fixed counts
+    cache: str = "none"  # confidence sampler: none, prefix or dual (Fast-dLLM)
+    stop_at_eos: bool = False  # end a sample at its first <|endoftext|>
     schedule: str = "loglinear"
 
 
-# Each entry: (model, prompt, cfg, *, mask_id, eos_id, time_conditioned, generator, history) -> tokens
+# Each entry: (model, prompt, cfg, *, mask_id, eos_id, time_conditioned, prompt_mask, generator, history) -> tokens
 SAMPLERS: Registry = Registry("sampler")
 
 
 @SAMPLERS.register("ar")
-def _run_ar(model, prompt, cfg: SampleConfig, *, eos_id, generator, history, **_) -> torch.Tensor:
+def _run_ar(model, prompt, cfg: SampleConfig, *, eos_id, prompt_mask, generator, history, **_) -> torch.Tensor:
     return ar_generate(
         model, prompt, eos_id=eos_id, gen_length=cfg.gen_length, temperature=cfg.temperature,
-        top_k=cfg.top_k, top_p=cfg.top_p, generator=generator, history=history,
+        top_k=cfg.top_k, top_p=cfg.top_p, prompt_mask=prompt_mask, stop_at_eos=cfg.stop_at_eos,
+        generator=generator, history=history,
     )
 
 
 @SAMPLERS.register("ancestral")
-def _run_ancestral(model, prompt, cfg: SampleConfig, *, mask_id, time_conditioned, generator, history, **_):
+def _run_ancestral(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, time_conditioned, prompt_mask, generator,
+                   history, **_):
     return ancestral_generate(
         model, prompt, mask_id=mask_id, gen_length=cfg.gen_length, steps=cfg.steps, schedule=cfg.schedule,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, time_conditioned=time_conditioned,
-        generator=generator, history=history,
+        prompt_mask=prompt_mask, eos_id=eos_id if cfg.stop_at_eos else None, generator=generator, history=history,
     )[0]
 
 
 @SAMPLERS.register("confidence")
-def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, generator, history, **_):
+def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, time_conditioned, prompt_mask, generator,
+                    history, **_):
     return confidence_generate(
         model, prompt, mask_id=mask_id, gen_length=cfg.gen_length, steps=cfg.steps,
         block_length=cfg.block_length, temperature=cfg.temperature, remasking=cfg.remasking,
-        cfg_scale=cfg.cfg_scale, threshold=cfg.threshold, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
-        history=history,
+        cfg_scale=cfg.cfg_scale, threshold=cfg.threshold, top_k=cfg.top_k, top_p=cfg.top_p, cache=cfg.cache,
+        prompt_mask=prompt_mask, eos_id=eos_id if cfg.stop_at_eos else None,
+        schedule=cfg.schedule if time_conditioned else None,
+        generator=generator, history=history,
     )
 
 
 __all__ = [
+    "CACHES",
     "SAMPLERS",
     "SampleConfig",
+    "left_pad",
     "REMASKING",
     "ar_generate",
     "ancestral_generate",

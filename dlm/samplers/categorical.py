@@ -1,17 +1,39 @@
-"""Token draws in float64: Gumbel noise, temperature, top-k and top-p.
+"""Token draws in float64: uniforms, Gumbel noise, temperature, top-k and top-p.
 
 Float32 Gumbel-max caps the noise (u cannot get closer to 0 or 1 than float32 allows) and silently lowers the
-temperature; every sampler draws in float64 through these two functions.
+temperature; every sampler draws in float64 through these functions.
+
+``generator`` is one ``torch.Generator`` for the whole batch, or one per row. With one per row, row j draws its own
+numbers from ``generators[j]``, only while ``rows[j]`` is True and only for its columns from ``starts[j]`` on (where
+its left padding ends), so a row's draws, and hence its sample, do not depend on the batch it is generated in.
 """
 
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import torch
 
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
-def gumbel_noise(shape, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+
+def uniform(shape, *, generator: Generators = None, device="cpu", rows=None, starts=None) -> torch.Tensor:
+    """U(0, 1) samples in float64 of ``shape`` (rows that draw nothing are 0)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, dtype=torch.float64, generator=generator, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} rows")
+    out = torch.zeros(shape, dtype=torch.float64, device=device)
+    for j, g in enumerate(generator):
+        if rows is None or rows[j]:
+            start = 0 if starts is None else int(starts[j])
+            out[j, start:] = torch.rand((shape[1] - start, *shape[2:]), dtype=torch.float64, generator=g, device=device)
+    return out
+
+
+def gumbel_noise(shape, *, generator: Generators = None, device="cpu", rows=None, starts=None) -> torch.Tensor:
     """Standard Gumbel samples, float64: -log(-log u), u ~ U(0, 1)."""
-    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=device)
+    u = uniform(shape, generator=generator, device=device, rows=rows, starts=starts)
     tiny = torch.finfo(torch.float64).tiny
     return -torch.log(-torch.log(u.clamp_min(tiny)))
 
@@ -37,11 +59,14 @@ def sample_categorical(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
+    rows=None,
+    starts=None,
 ) -> torch.Tensor:
     """Draw one token per position from softmax(logits / temperature) in float64 (argmax when temperature = 0)."""
     logits = logits.double()
     if temperature == 0.0:
         return logits.argmax(-1)
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
-    return (logits + gumbel_noise(logits.shape, generator=generator, device=logits.device)).argmax(-1)
+    noise = gumbel_noise(logits.shape, generator=generator, device=logits.device, rows=rows, starts=starts)
+    return (logits + noise).argmax(-1)
