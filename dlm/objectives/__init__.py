@@ -2,6 +2,15 @@
 
 from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective
+from dlm.objectives.gaussian import (
+    TARGETS,
+    WEIGHTINGS,
+    convert,
+    gaussian_loss,
+    predict_x0_eps,
+    target_coefficients,
+    x0_loss_factor,
+)
 from dlm.objectives.masked import masked_nelbo, mdlm_loss, mdlm_sequence_nll, subs_log_probs
 from dlm.registry import Registry
 
@@ -27,4 +36,11 @@ __all__ = [
     "mdlm_loss",
     "mdlm_sequence_nll",
     "subs_log_probs",
+    "TARGETS",
+    "WEIGHTINGS",
+    "convert",
+    "gaussian_loss",
+    "predict_x0_eps",
+    "target_coefficients",
+    "x0_loss_factor",
 ]
