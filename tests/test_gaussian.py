@@ -10,6 +10,7 @@ import torch
 from dlm.errors import DlmError
 from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
 from dlm.objectives.gaussian import TARGETS, WEIGHTINGS, convert, gaussian_loss, target_coefficients, x0_loss_factor
+from dlm.samplers.ode import ODE_SAMPLERS, ddpm_sample, euler_sample, flow_euler_sample, guided, time_grid
 
 SCHEDULES = ["vp-linear", "vp-cosine", "rectified-flow"]
 MU = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)  # data: N(MU, S^2 I) in 3 dimensions
@@ -102,6 +103,8 @@ def test_add_noise_and_unknown_names_list_the_choices():
         get_gaussian_schedule("sqrt")
     with pytest.raises(DlmError, match="eps, x0, v, score, flow"):
         target_coefficients("noise", t, s)
+    with pytest.raises(DlmError, match="ddpm, ddim, dpmpp-2m, euler, heun, flow-euler"):
+        ODE_SAMPLERS.get("unipc")
     with pytest.raises(DlmError, match="x0, snr"):
         gaussian_loss(lambda x, t: x, x0, weighting="p2")
 
@@ -197,3 +200,111 @@ def test_exact_denoiser_x0_error_is_the_posterior_variance(target):
     posterior_var = S**2 * sigma**2 / (alpha**2 * S**2 + sigma**2)  # Var(x0 | x_t) per coordinate
     # mean of 3n squared Gaussians: relative standard error sqrt(2 / 3n) = 0.6%
     assert out.metrics["x0_mse"] == pytest.approx(posterior_var.item(), rel=4 * math.sqrt(2 / (3 * n)))
+
+
+# --- samplers -------------------------------------------------------------------------------------------------------
+
+ORDER_CASES = [  # sampler, schedule, target, t_max, t_min, grid spacing, order
+    ("ddim", "vp-linear", "eps", 1.0, 1e-3, "time", 1),
+    ("euler", "vp-cosine", "score", 1.0, 1e-3, "time", 1),
+    ("flow-euler", "rectified-flow", "flow", 1.0, 0.0, "time", 1),
+    ("dpmpp-2m", "vp-linear", "x0", 1.0, 1e-3, "lambda", 2),
+    ("dpmpp-2m", "vp-cosine", "v", 1.0, 1e-3, "lambda", 2),
+    ("heun", "vp-cosine", "v", 1.0, 1e-3, "time", 2),
+    ("heun", "rectified-flow", "x0", 0.999, 1e-3, "time", 2),
+]
+
+
+@pytest.mark.parametrize("sampler,name,target,t_max,t_min,spacing,order", ORDER_CASES)
+def test_ode_sampler_converges_to_the_exact_map_at_its_order(sampler, name, target, t_max, t_min, spacing, order):
+    """Gaussian data: the PF-ODE map from t_max to t_min is affine and known; doubling the steps divides the error
+    by about 2^order."""
+    s = get_gaussian_schedule(name)
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = exact_ode_map(x, s, t_max, t_min)
+    errors = []
+    for steps in (32, 64, 128):
+        times = time_grid(steps, schedule=s, t_max=t_max, t_min=t_min, spacing=spacing)
+        out, nfe = ODE_SAMPLERS.get(sampler)(exact_denoiser(s, target), x.clone(), times, schedule=s, target=target)
+        assert nfe == (2 * steps if sampler == "heun" else steps)
+        errors.append((out - exact).abs().max().item())
+    orders = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    low, high = (0.8, 1.3) if order == 1 else (1.6, 2.5)
+    assert all(low < o < high for o in orders), (errors, orders)
+
+
+def test_euler_on_the_pf_ode_equals_flow_euler():
+    """f x - g^2 score / 2 and alpha' x0_hat + sigma' eps_hat are the same drift."""
+    s = get_gaussian_schedule("vp-cosine")
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times = time_grid(10, t_max=1.0, t_min=1e-3)
+    a, _ = euler_sample(exact_denoiser(s, "eps"), x, times, schedule=s, target="eps")
+    b, _ = flow_euler_sample(exact_denoiser(s, "flow"), x, times, schedule=s, target="flow")
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_ddpm_samples_follow_their_exact_gaussian_law():
+    """From x_1 ~ N(0, I), each DDPM step is affine in x plus Gaussian noise, so its output law is Gaussian with a
+    mean and variance we can propagate exactly (from q(x_s | x_t, x0) written as mean and variance); the samples
+    must match it within standard errors, and the law approaches the data's as the steps grow."""
+    s = get_gaussian_schedule("vp-linear")
+    n, steps = 20000, 100
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    out, nfe = ddpm_sample(exact_denoiser(s, "eps"), x, time_grid(steps), schedule=s, target="eps", generator=g)
+
+    def law(steps):
+        mean, var = torch.zeros(3, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+        times = time_grid(steps)
+        for t, u in zip(times[:-1], times[1:]):  # step t -> u
+            a_t, s_t, a_u, s_u = s.alpha(t), s.sigma(t), s.alpha(u), s.sigma(u)
+            var_tu = s_t**2 - (a_t / a_u) ** 2 * s_u**2  # variance of q(x_t | x_u)
+            c_x, c_0 = (a_t / a_u) * s_u**2 / s_t**2, a_u * var_tu / s_t**2  # posterior mean coefficients
+            k = a_t * S**2 / (a_t**2 * S**2 + s_t**2)  # x0_hat = mu + k (x - a_t mu)
+            mean = (c_x + c_0 * k) * mean + c_0 * (1 - k * a_t) * MU
+            var = (c_x + c_0 * k) ** 2 * var + var_tu * s_u**2 / s_t**2
+        return mean, var.sqrt()
+
+    mean, std = law(steps)
+    assert nfe == steps
+    assert torch.all((out.mean(0) - mean).abs() < 4 * std / math.sqrt(n))
+    assert torch.all((out.std(0) - std).abs() < 4 * std / math.sqrt(2 * n))
+    data_mean, data_std = marginal(s, 1e-3)
+    mean_fine, std_fine = law(2000)
+    assert (std_fine - data_std).abs() < 0.003 and (mean_fine - data_mean).abs().max() < 0.003
+    assert (std - data_std).abs() > (std_fine - data_std).abs()  # 100 steps: DDPM under-disperses a little
+
+
+def test_time_grid_spacings():
+    s = get_gaussian_schedule("vp-linear")
+    times = time_grid(8, schedule=s, t_max=1.0, t_min=1e-3, spacing="lambda")
+    assert times[0] == 1.0 and times[-1] == 1e-3 and torch.all(times[1:] < times[:-1])
+    gaps = s.lam(times).diff()
+    torch.testing.assert_close(gaps, gaps.mean().expand(8))
+    with pytest.raises(DlmError, match="time, lambda"):
+        time_grid(8, spacing="karras")
+    with pytest.raises(DlmError, match="at least 1"):
+        time_grid(0)
+
+
+def test_eps_cannot_give_x0_where_alpha_is_zero():
+    s = get_gaussian_schedule("rectified-flow")
+    with pytest.raises(DlmError, match="predict x0, v or flow"):
+        flow_euler_sample(exact_denoiser(s, "eps"), torch.zeros(2, 3, dtype=torch.float64),
+                          time_grid(4, t_max=1.0, t_min=0.0), schedule=s, target="eps")
+
+
+def test_classifier_free_guidance_weights_one_and_zero_are_exact():
+    g = torch.Generator().manual_seed(0)
+    W_c, W_u = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
+    cond, uncond = (lambda x, t: x @ W_c + t[:, None]), (lambda x, t: x @ W_u - t[:, None])
+    x, t = torch.randn(16, 3, generator=g), torch.rand(16, generator=g)
+    assert torch.equal(guided(cond, uncond, 1.0)(x, t), cond(x, t))
+    assert torch.equal(guided(cond, uncond, 0.0)(x, t), uncond(x, t))
+    u, c = uncond(x, t), cond(x, t)
+    torch.testing.assert_close(guided(cond, uncond, 3.0)(x, t), u + 3.0 * (c - u))
+    s = get_gaussian_schedule("vp-cosine")  # inside a sampler: w = 1 samples exactly like the conditional model
+    times = time_grid(5)
+    a, _ = ODE_SAMPLERS.get("ddim")(guided(cond, uncond, 1.0), x, times, schedule=s, target="eps")
+    b, _ = ODE_SAMPLERS.get("ddim")(cond, x, times, schedule=s, target="eps")
+    assert torch.equal(a, b)

@@ -11,6 +11,7 @@ from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import REMASKING, confidence_generate, num_transfer_tokens
+from dlm.samplers.ode import ODE_SAMPLERS, guided, time_grid
 
 
 @dataclass
@@ -68,4 +69,7 @@ __all__ = [
     "num_transfer_tokens",
     "gumbel_noise",
     "sample_categorical",
+    "ODE_SAMPLERS",
+    "guided",
+    "time_grid",
 ]
