@@ -9,6 +9,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
+from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
 from dlm.objectives.gaussian import TARGETS, WEIGHTINGS, convert, gaussian_loss, target_coefficients, x0_loss_factor
 from dlm.samplers.ode import ODE_SAMPLERS, ddpm_sample, euler_sample, flow_euler_sample, guided, time_grid
 
@@ -308,3 +309,39 @@ def test_classifier_free_guidance_weights_one_and_zero_are_exact():
     a, _ = ODE_SAMPLERS.get("ddim")(guided(cond, uncond, 1.0), x, times, schedule=s, target="eps")
     b, _ = ODE_SAMPLERS.get("ddim")(cond, x, times, schedule=s, target="eps")
     assert torch.equal(a, b)
+
+
+# --- consistency distillation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_consistency_function_is_the_identity_at_t_min(name, dtype):
+    s = get_gaussian_schedule(name)
+    g = torch.Generator().manual_seed(0)
+    F = lambda x, t: 5 * torch.tanh(x) + 3.0  # noqa: E731  (anything finite)
+    x = torch.randn(8, 3, generator=g, dtype=dtype)
+    t_min = 2e-3
+    t = torch.full((8,), t_min, dtype=dtype)
+    assert torch.equal(consistency_function(F, x, t, schedule=s, t_min=t_min), x)
+    later = consistency_function(F, x, t + 0.5, schedule=s, t_min=t_min)
+    assert not torch.allclose(later, x)  # c_out > 0 away from t_min
+
+
+def test_consistency_distillation_loss_trains_the_student_only():
+    s = get_gaussian_schedule("vp-cosine")
+    student, ema = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    ema.load_state_dict(student.state_dict())
+    net = lambda m: (lambda x, t: m(torch.cat([x, t[:, None]], 1)))  # noqa: E731
+    x0 = MU.float() + S * torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+    times = time_grid(18, t_max=1.0, t_min=2e-3)
+
+    def loss():
+        return consistency_distillation_loss(net(student), net(ema), exact_denoiser(s, "v"), x0, times, schedule=s,
+                                             teacher_target="v", generator=torch.Generator().manual_seed(1)).loss
+
+    out = loss()
+    assert torch.isfinite(out) and out.item() == loss().item()
+    out.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in ema.parameters())

@@ -2,6 +2,7 @@
 
 from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective
+from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
 from dlm.objectives.gaussian import (
     TARGETS,
     WEIGHTINGS,
@@ -43,4 +44,6 @@ __all__ = [
     "predict_x0_eps",
     "target_coefficients",
     "x0_loss_factor",
+    "consistency_function",
+    "consistency_distillation_loss",
 ]
