@@ -13,7 +13,7 @@ from dlm.objectives.consistency import consistency_distillation_loss, consistenc
 from dlm.objectives.gaussian import TARGETS, WEIGHTINGS, convert, gaussian_loss, target_coefficients, x0_loss_factor
 from dlm.samplers.ode import ODE_SAMPLERS, ddpm_sample, euler_sample, flow_euler_sample, guided, time_grid
 
-SCHEDULES = ["vp-linear", "vp-cosine", "rectified-flow"]
+SCHEDULES = ["vp-linear", "vp-cosine", "rectified-flow", "vp-sqrt"]
 MU = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)  # data: N(MU, S^2 I) in 3 dimensions
 S = 0.5
 

@@ -15,9 +15,10 @@ lambda-spaced time grids (DPM-Solver) need: closed form where there is one, bise
                       phi_0 = (s / (1 + s)) pi / 2 (s = 0.008: sigma_0 = 0.0125, small but > 0) to
                       phi_1 = arccos(alpha_min) (alpha_1 = 1e-4 ~ 0, clipped short of pi/2 so lambda_1 is finite).
 - ``rectified-flow``: alpha = 1 - t, sigma = t (flow matching's straight path).
-- ``vp-sqrt``:        Diffusion-LM's (Li et al. 2022) alpha_t^2 = 1 - sqrt(u), u = s + t (u_1 - s), s = 1e-4, so
-                      sigma = u^(1/4): noise rises fast near t = 0 (sigma_0 = 0.1), where clean word embeddings are
-                      too easy to denoise; u_1 = (1 - alpha_min^2)^2 puts alpha_1 = alpha_min = 1e-4.
+- ``vp-sqrt``:        Diffusion-LM's (Li et al. 2022) alpha_t^2 = 1 - sqrt(u), u = u_1 t, so sigma = u^(1/4): noise
+                      rises steeply from t = 0 (sigma = 0.1 already at t = 1e-4, the paper's offset s, where its
+                      first latent sits), as clean word embeddings are too easy to denoise; u_1 = (1 - alpha_min^2)^2
+                      puts alpha_1 = alpha_min = 1e-4.
 """
 
 from __future__ import annotations
@@ -175,30 +176,26 @@ class RectifiedFlowSchedule(GaussianSchedule):
 class VPSqrtSchedule(GaussianSchedule):
     name = "vp-sqrt"
 
-    def __init__(self, s: float = 1e-4, alpha_min: float = 1e-4):
-        self.s = s
+    def __init__(self, alpha_min: float = 1e-4):
         self.c = alpha_min**2 * (2.0 - alpha_min**2)  # 1 - u_1
-        self.du = 1.0 - s - self.c  # u' = u_1 - s
-
-    def u(self, t):
-        return self.s + t * self.du
+        self.u_1 = 1.0 - self.c
 
     def alpha(self, t):
-        one_minus_u = (1.0 - self.s) * (1.0 - t) + t * self.c  # 1 - u without cancellation near t = 1
-        return torch.sqrt(one_minus_u / (1.0 + torch.sqrt(self.u(t))))  # sqrt(1 - sqrt(u))
+        one_minus_u = 1.0 - t + t * self.c  # 1 - u without cancellation near t = 1
+        return torch.sqrt(one_minus_u / (1.0 + torch.sqrt(self.u_1 * t)))  # sqrt(1 - sqrt(u))
 
     def sigma(self, t):
-        return self.u(t) ** 0.25
+        return (self.u_1 * t) ** 0.25
 
     def dalpha(self, t):
-        return -self.du / (4.0 * self.alpha(t) * torch.sqrt(self.u(t)))
+        return -self.u_1 / (4.0 * self.alpha(t) * torch.sqrt(self.u_1 * t))
 
     def dsigma(self, t):
-        return self.du / (4.0 * self.u(t) ** 0.75)
+        return self.u_1 / (4.0 * (self.u_1 * t) ** 0.75)
 
     def time_of_lambda(self, lam):
-        """SNR = (1 - r) / r with r = sqrt(u), so r = sigmoid(-2 lambda) and t = (r^2 - s) / u'."""
-        return (torch.sigmoid(-2.0 * lam) ** 2 - self.s) / self.du
+        """SNR = (1 - r) / r with r = sqrt(u), so r = sigmoid(-2 lambda) and t = r^2 / u_1."""
+        return torch.sigmoid(-2.0 * lam) ** 2 / self.u_1
 
 
 def get_gaussian_schedule(schedule: str | GaussianSchedule) -> GaussianSchedule:
