@@ -3,6 +3,12 @@
 from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective
 from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
+from dlm.objectives.embedding import (
+    configure_diffusion_lm,
+    diffusion_lm_loss,
+    diffusion_lm_nelbo,
+    diffusion_lm_sequence_nll,
+)
 from dlm.objectives.gaussian import (
     TARGETS,
     WEIGHTINGS,
@@ -23,6 +29,14 @@ OBJECTIVES.register(
     "mdlm",
     Objective(
         "mdlm", mdlm_loss, mdlm_sequence_nll, causal=False, is_bound=True, samplers=("confidence", "ancestral")
+    ),
+)
+OBJECTIVES.register(
+    "diffusion-lm",
+    Objective(
+        "diffusion-lm", diffusion_lm_loss, diffusion_lm_sequence_nll, causal=False, is_bound=True,
+        samplers=("embed-ddpm", "embed-ddim", "embed-dpmpp-2m", "embed-euler", "embed-heun"),
+        default_schedule="vp-sqrt", configure=configure_diffusion_lm,
     ),
 )
 
@@ -46,4 +60,6 @@ __all__ = [
     "x0_loss_factor",
     "consistency_function",
     "consistency_distillation_loss",
+    "diffusion_lm_loss",
+    "diffusion_lm_nelbo",
 ]
