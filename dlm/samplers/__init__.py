@@ -11,6 +11,7 @@ from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import REMASKING, confidence_generate, num_transfer_tokens
+from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
 from dlm.samplers.ode import ODE_SAMPLERS, guided, time_grid
 
 
@@ -28,7 +29,7 @@ class SampleConfig:
     schedule: str = "loglinear"
 
 
-# Each entry: (model, prompt, cfg, *, mask_id, eos_id, time_conditioned, generator, history) -> tokens
+# Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, generator, history) -> tokens
 SAMPLERS: Registry = Registry("sampler")
 
 
@@ -59,6 +60,23 @@ def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, generator, his
     )
 
 
+def _embedding_sampler(ode_sampler: str):
+    """Diffusion-LM: ``ode_sampler`` in embedding space with the clamping trick (``--sampler embed-NAME``)."""
+
+    def run(model, prompt, cfg: SampleConfig, *, mask_id, pad_id=None, generator, history, **_):
+        exclude = tuple(i for i in (mask_id, pad_id) if i is not None)
+        return diffusion_lm_generate(
+            model, prompt, gen_length=cfg.gen_length, steps=cfg.steps, schedule=cfg.schedule,
+            ode_sampler=ode_sampler, exclude=exclude, generator=generator, history=history,
+        )[0]
+
+    return run
+
+
+for _name in ("ddpm", "ddim", "dpmpp-2m", "euler", "heun"):
+    SAMPLERS.register(f"embed-{_name}", _embedding_sampler(_name))
+
+
 __all__ = [
     "SAMPLERS",
     "SampleConfig",
@@ -72,4 +90,7 @@ __all__ = [
     "ODE_SAMPLERS",
     "guided",
     "time_grid",
+    "diffusion_lm_generate",
+    "clamp_to_embeddings",
+    "nearest_tokens",
 ]
