@@ -35,7 +35,7 @@ OBJECTIVES.register(
     "diffusion-lm",
     Objective(
         "diffusion-lm", diffusion_lm_loss, diffusion_lm_sequence_nll, causal=False, is_bound=True,
-        samplers=("embed-ddpm", "embed-ddim", "embed-dpmpp-2m", "embed-euler", "embed-heun"),
+        samplers=("embed-ddpm", "embed-ddim", "embed-dpmpp-2m"),
         default_schedule="vp-sqrt", configure=configure_diffusion_lm,
     ),
 )

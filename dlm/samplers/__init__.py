@@ -73,7 +73,7 @@ def _embedding_sampler(ode_sampler: str):
     return run
 
 
-for _name in ("ddpm", "ddim", "dpmpp-2m", "euler", "heun"):
+for _name in ("ddpm", "ddim", "dpmpp-2m"):
     SAMPLERS.register(f"embed-{_name}", _embedding_sampler(_name))
 
 

@@ -1,7 +1,7 @@
 """Diffusion-LM's reverse process: a Gaussian sampler in embedding space with the clamping trick, then rounding.
 
-From z_1 ~ N(0, I) [B, L, E], one of the samplers of ``dlm.samplers.ode`` (DDPM, DDIM, DPM-Solver++(2M), Euler,
-Heun) runs down the grid 1 = t_0 > ... > t_T = t_min with the x0-predicting denoiser
+From z_1 ~ N(0, I) [B, L, E], DDPM, DDIM or DPM-Solver++(2M) of ``dlm.samplers.ode`` runs down the grid
+1 = t_0 > ... > t_T = t_min (uniform in t) with the x0-predicting denoiser
 
     x0_hat(z_t, t) = clamp(model(None, t, inputs_embeds=z_t)),      clamp(x)^l = E[argmin_v ||x^l - E_v||^2]
 
@@ -11,6 +11,10 @@ alpha_t e + sigma_t eps_p there (eps_p drawn once) and x0_hat = e. The last late
 nearest embedding of z_{t_min} / alpha_{t_min} (as the paper's code rounds; the training decoder's argmax
 head(x0) = x0 E^T would favour embeddings of large norm). Tokens in ``exclude`` (mask, pad: never in the data) are
 never candidates, neither for clamping nor for rounding.
+
+Euler and Heun on the PF-ODE are left out: they step with alpha'(t), which vp-sqrt makes singular at t = 1
+(alpha ~ sqrt(1 - t): alpha' = -2500 at alpha_1 = 1e-4), so their first steps overshoot by orders of magnitude; the
+three above use alpha and sigma only.
 """
 
 from __future__ import annotations
@@ -62,25 +66,26 @@ def diffusion_lm_generate(
     net = backbone(model)
     weight = net.embed.weight  # (V, E)
     B, Lp = prompt.shape
-    e_prompt = net.embed(prompt)  # (B, Lp, E)
-    eps_prompt = torch.randn(e_prompt.shape, generator=generator, dtype=weight.dtype, device=weight.device)
-    z = torch.randn((B, Lp + gen_length, weight.shape[1]), generator=generator, dtype=weight.dtype,
+    # the sampler's state is float64: the PF-ODE drift f x - g^2 score / 2 cancels terms of size |f| ~ 1 / alpha^2
+    # near t = 1 (alpha_1 = 1e-4), which float32 cannot resolve; the model still runs in its own dtype
+    e_prompt = net.embed(prompt).double()  # (B, Lp, E)
+    eps_prompt = torch.randn(e_prompt.shape, generator=generator, dtype=torch.float64, device=weight.device)
+    z = torch.randn((B, Lp + gen_length, weight.shape[1]), generator=generator, dtype=torch.float64,
                     device=weight.device)  # (B, L, E): z_1 ~ N(0, I)
 
     def denoiser(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # 1. prompt positions on their noised embeddings
         alpha, sigma = expand_to(schedule.alpha(t), e_prompt), expand_to(schedule.sigma(t), e_prompt)
-        noised_prompt = alpha * e_prompt + sigma * eps_prompt  # (B, Lp, E)
-        z_t = torch.cat([noised_prompt.to(z_t.dtype), z_t[:, Lp:]], dim=1)  # (B, L, E)
+        z_t = torch.cat([alpha * e_prompt + sigma * eps_prompt, z_t[:, Lp:]], dim=1)  # (B, L, E)
         # 2. predict x0, 3. clamp it to the nearest word embeddings
-        x0_hat = model(None, t, inputs_embeds=z_t)  # (B, L, E)
+        x0_hat = model(None, t.to(weight.dtype), inputs_embeds=z_t.to(weight.dtype)).double()  # (B, L, E)
         if clamp or history is not None:
             clamped, ids = clamp_to_embeddings(x0_hat[:, Lp:], weight, exclude)  # (B, Lg, E), (B, Lg)
             if history is not None:
                 history.append(torch.cat([prompt, ids], dim=1))
             if clamp:
                 x0_hat = torch.cat([x0_hat[:, :Lp], clamped], dim=1)
-        return torch.cat([e_prompt.to(x0_hat.dtype), x0_hat[:, Lp:]], dim=1)
+        return torch.cat([e_prompt, x0_hat[:, Lp:]], dim=1)
 
     times = time_grid(steps, t_min=t_min)  # (steps + 1,) float64, 1 -> t_min
     z, nfe = sample(denoiser, z, times, schedule=schedule, target="x0", generator=generator)
