@@ -141,7 +141,7 @@ def diffusion_lm_nelbo(
         # diffusion: -SNR'(t) / 2 * the summed squared x0 error, times the length of [t_min, 1]
         z_t, _ = add_noise(e, t.float(), schedule, generator)  # (B, L, E)
         sq_err = (model(None, t.float(), inputs_embeds=z_t).float() - e).pow(2).sum((1, 2)).double()  # (B,)
-        dsnr = 2.0 * schedule.snr(t) * (schedule.dalpha(t) / schedule.alpha(t) - schedule.dsigma(t) / schedule.sigma(t))
+        dsnr = 2.0 * schedule.snr(t) * (schedule.f(t) - schedule.dsigma(t) / schedule.sigma(t))  # d SNR / dt
         total += (1.0 - t_min) * (-0.5 * dsnr) * sq_err
     return prior.double() + total / num_samples
 
