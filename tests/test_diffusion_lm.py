@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 
 from dlm.config import ModelConfig, RunConfig
+from dlm.errors import DlmError
+from dlm.models.transformer import Transformer
 from dlm.noise.gaussian import get_gaussian_schedule
 from dlm.objectives import OBJECTIVES
 from dlm.objectives.embedding import diffusion_lm_loss, diffusion_lm_nelbo, first_latent_time
-from dlm.models.transformer import Transformer
+from dlm.presets import preset_config
 from dlm.samplers import SAMPLERS
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
 
@@ -202,7 +204,7 @@ def test_every_sampler_returns_vocabulary_tokens_and_keeps_the_prompt(run, name)
     assert torch.equal(out, again)
 
 
-def test_cli_sample_and_eval(run, tmp_path):
+def test_cli_sample_and_eval(run):
     out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 12, "--steps", 8, "--seed", 3).stdout
     assert out.startswith("--- sample 0 ---\nEmma was")
     shown = dlm("sample", run, "--gen-length", 8, "--steps", 4, "--sampler", "embed-ddim", "--show-steps").stdout
@@ -210,7 +212,15 @@ def test_cli_sample_and_eval(run, tmp_path):
     report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 1).stdout)
     assert report["objective"] == "diffusion-lm" and report["is_bound"] is True and report["nats_per_token"] > 0
     proc = dlm("sample", run, "--sampler", "confidence", check=False)
-    assert proc.returncode == 2 and "use one of: embed-ddpm, embed-ddim" in proc.stderr
-    proc = dlm("train", "--preset", "tiny", "--objective", "diffusion-lm", "--schedule", "loglinear", "--max-steps", 1,
-               "--out", tmp_path / "x", check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "needs a Gaussian schedule" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "use one of: embed-ddpm, embed-ddim" in proc.stderr
+
+
+def test_configure_fits_the_run_config():
+    cfg = preset_config("tiny")
+    cfg.train.objective, cfg.train.schedule = "diffusion-lm", "vp-cosine"
+    OBJECTIVES.get("diffusion-lm").configure(cfg)
+    assert cfg.model.time_conditioning and cfg.model.embed_dim == 16
+    cfg.train.schedule = "loglinear"  # a discrete schedule
+    with pytest.raises(DlmError, match="diffusion-lm needs a Gaussian schedule, not 'loglinear'; pass --schedule"):
+        OBJECTIVES.get("diffusion-lm").configure(cfg)
+    assert OBJECTIVES.get("diffusion-lm").default_schedule == "vp-sqrt"
