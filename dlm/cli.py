@@ -28,7 +28,9 @@ DEMO_PROMPTS = [
 @app.command()
 def train(
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
-    objective: str = typer.Option("mdlm", help="Training objective: ar (next-token) or mdlm (masked diffusion)."),
+    objective: str = typer.Option(
+        "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), diffusion-lm (embeddings)."
+    ),
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
     seed: int = typer.Option(0, help="Seed of the initialisation, data order and noise."),
@@ -39,7 +41,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (preset default)."),
     precision: str = typer.Option("auto", help="fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)."),
-    schedule: str = typer.Option("loglinear", help="Noise schedule alpha(t): linear, loglinear, cosine."),
+    schedule: Optional[str] = typer.Option(
+        None, help="Schedule: linear, loglinear (default), cosine; diffusion-lm: vp-sqrt (default), vp-cosine, ..."
+    ),
     tokenizer: Optional[str] = typer.Option(None, help="A tokenizer.json to use instead of training a BPE."),
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and checkpoint) after this many minutes."),
     eval_every: int = typer.Option(0, help="Validate every N steps (0: only at the end)."),
@@ -56,7 +60,7 @@ def train(
     from dlm.train.loop import train as run_training
 
     cfg = preset_config(preset)
-    OBJECTIVES.get(objective)
+    schedule = schedule or OBJECTIVES.get(objective).default_schedule
     cfg.train.objective, cfg.train.max_steps, cfg.train.seed = objective, max_steps, seed
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
@@ -122,7 +126,9 @@ def sample(
     ),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: gen-length; ignored by ar)."),
     block_length: Optional[int] = typer.Option(None, "--block-length", help="Confidence sampler block (default: gen-length)."),
-    sampler: Optional[str] = typer.Option(None, help="ar, ancestral or confidence (default: the model's own)."),
+    sampler: Optional[str] = typer.Option(
+        None, help="ar, ancestral, confidence; embed-ddpm, embed-ddim, ... (diffusion-lm). Default: the model's own."
+    ),
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0: all)."),
@@ -211,8 +217,8 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
     history: list | None = [] if show_steps else None
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     out = run(
-        model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, prompt_mask=mask,
-        time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
+        model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        prompt_mask=mask, time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
     )
     if history:
         typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")

@@ -35,6 +35,7 @@ class ModelConfig:
     causal: bool = False  # default attention: causal (AR) or bidirectional (diffusion)
     time_conditioning: bool = False  # adaLN conditioning on t
     tie_embeddings: bool = False
+    embed_dim: int = 0  # > 0: token embeddings of this width, projected to and from d_model (Diffusion-LM)
     rope_base: float = 10000.0
     dropout: float = 0.0
 
@@ -98,6 +99,8 @@ class RunConfig:
         m = self.model
         if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
             raise DlmError(f"model.d_model {m.d_model} must split into {m.n_heads} heads of even size")
+        if m.embed_dim < 0:
+            raise DlmError(f"model.embed_dim must be 0 (embeddings of width d_model) or positive, got {m.embed_dim}")
         if not 0.0 <= self.train.ema < 1.0:
             raise DlmError(f"train.ema must be in [0, 1) (0 = off), got {self.train.ema}")
         if self.train.objective == "ar" and m.time_conditioning:

@@ -5,6 +5,12 @@ causal (``ModelConfig.causal``, overridable per call) or any boolean mask; ``t``
 built with ``time_conditioning`` (adaLN, as in DiT). A ``KVCache`` makes causal decoding incremental; a
 ``CanvasCache`` lets a bidirectional model re-run only part of a fixed-length canvas (Fast-dLLM's prefix and dual
 caches).
+
+Continuous input path: ``model(None, t, inputs_embeds=z)`` takes float vectors z [B, L, E] in the token-embedding
+space instead of ids and returns features of the same shape, the ones the head turns into logits, so that
+``model.head(model(None, t, inputs_embeds=model.embed(x))) == model(x, t)``. E is ``ModelConfig.embed_dim`` when it
+is > 0 (a low-dimensional embedding table, E -> d_model and d_model -> E projections around the blocks, the head
+E -> V), else d_model (no projections). Gaussian diffusion on embeddings (Diffusion-LM) uses this path.
 """
 
 from __future__ import annotations
@@ -140,17 +146,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class Transformer(nn.Module):
-    """``model(x, t=None, *, attn_mask=None, causal=None, positions=None, kv_cache=None) -> logits [B, L, V]``."""
+    """``model(x, t=None, *, inputs_embeds=None, attn_mask=None, causal=None, positions=None, kv_cache=None)``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
             raise ValueError(f"d_model {cfg.d_model} must split into {cfg.n_heads} heads of even size")
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        width = cfg.embed_dim or cfg.d_model  # E, the width of the token-embedding space
+        self.embed = nn.Embedding(cfg.vocab_size, width)
+        self.in_proj = nn.Linear(width, cfg.d_model) if cfg.embed_dim else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.out_proj = nn.Linear(cfg.d_model, width) if cfg.embed_dim else None
+        self.head = nn.Linear(width, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         if cfg.time_conditioning:
@@ -170,6 +179,8 @@ class Transformer(nn.Module):
                 nn.init.zeros_(block.ada.weight), nn.init.zeros_(block.ada.bias)
         if self.config.time_conditioning:
             nn.init.zeros_(self.final_ada.weight), nn.init.zeros_(self.final_ada.bias)
+        if self.config.embed_dim:  # a low-dimensional embedding space of unit scale (Diffusion-LM's N(0, 1) init)
+            nn.init.normal_(self.embed.weight, std=1.0)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -177,24 +188,30 @@ class Transformer(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         *,
+        inputs_embeds: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         causal: bool | None = None,
         positions: torch.Tensor | None = None,
         kv_cache: KVCache | CanvasCache | None = None,
     ) -> torch.Tensor:
-        """x: LongTensor [B, L]; t: [B] in [0, 1] (time-conditioned models only); attn_mask: bool, True = attend,
-        [Lq, Lk] or [B, Lq, Lk] (Lk counts cached keys too); positions: RoPE positions [L] or [B, L] (default:
-        counted from the cache's offset)."""
-        B, L = x.shape
+        """x: LongTensor [B, L] -> logits [B, L, V]; or x = None and inputs_embeds: float [B, L, E] -> features
+        [B, L, E] (the head's input). t: [B] in [0, 1] (time-conditioned models only); attn_mask: bool, True =
+        attend, [Lq, Lk] or [B, Lq, Lk] (Lk counts cached keys too); positions: RoPE positions [L] or [B, L]
+        (default: counted from the cache's offset)."""
+        if (x is None) == (inputs_embeds is None):
+            raise ValueError("pass either token ids x or inputs_embeds, not both or neither")
+        h = self.embed(x) if inputs_embeds is None else inputs_embeds  # (B, L, E)
+        B, L = h.shape[:2]
+        device = h.device
         causal = self.config.causal if causal is None else causal
         if causal and isinstance(kv_cache, CanvasCache):
             raise ValueError("a CanvasCache is for bidirectional attention; causal decoding uses a KVCache")
         past = 0 if kv_cache is None else kv_cache.offset
         if positions is None:
-            positions = torch.arange(past, past + L, device=x.device)
+            positions = torch.arange(past, past + L, device=device)
         cos, sin = rope_angles(positions, self.config.d_model // self.config.n_heads, self.config.rope_base)
 
         mask, is_causal = attn_mask, False
@@ -204,8 +221,8 @@ class Transformer(nn.Module):
             if past == 0 and mask is None:
                 is_causal = True  # SDPA's fused causal path
             elif L > 1:
-                keys = torch.arange(past + L, device=x.device)
-                causal_mask = keys[None, :] <= (past + torch.arange(L, device=x.device))[:, None]  # (L, T + L)
+                keys = torch.arange(past + L, device=device)
+                causal_mask = keys[None, :] <= (past + torch.arange(L, device=device))[:, None]  # (L, T + L)
                 mask = causal_mask if mask is None else mask & causal_mask
 
         cond = None
@@ -214,11 +231,14 @@ class Transformer(nn.Module):
                 raise ValueError("this model is time-conditioned: pass t, a [B] tensor of times in [0, 1]")
             cond = self.time_mlp(timestep_embedding(t.expand(B) if t.dim() == 0 else t, 256))  # (B, D)
 
-        h = self.embed(x)  # (B, L, D)
+        if self.in_proj is not None:
+            h = self.in_proj(h)  # (B, L, D)
         for i, block in enumerate(self.blocks):
             h = block(h, cond, cos, sin, mask, is_causal, kv_cache, i)
         h = self.norm(h)
         if cond is not None:
             shift, scale = self.final_ada(F.silu(cond))[:, None].chunk(2, dim=-1)
             h = h * (1 + scale) + shift
-        return self.head(h)  # (B, L, V)
+        if self.out_proj is not None:
+            h = self.out_proj(h)  # (B, L, E)
+        return h if inputs_embeds is not None else self.head(h)  # (B, L, E) or (B, L, V)

@@ -1,6 +1,17 @@
 """Forward processes only: schedules alpha(t) and corruption processes. Nothing here calls a model."""
 
+from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
 from dlm.noise.masked import mask_tokens
 from dlm.noise.schedules import SCHEDULES, Schedule, get_schedule, sample_times
 
-__all__ = ["SCHEDULES", "Schedule", "get_schedule", "sample_times", "mask_tokens"]
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "get_schedule",
+    "sample_times",
+    "mask_tokens",
+    "GAUSSIAN_SCHEDULES",
+    "GaussianSchedule",
+    "get_gaussian_schedule",
+    "add_noise",
+]

@@ -2,6 +2,22 @@
 
 from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective
+from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
+from dlm.objectives.embedding import (
+    configure_diffusion_lm,
+    diffusion_lm_loss,
+    diffusion_lm_nelbo,
+    diffusion_lm_sequence_nll,
+)
+from dlm.objectives.gaussian import (
+    TARGETS,
+    WEIGHTINGS,
+    convert,
+    gaussian_loss,
+    predict_x0_eps,
+    target_coefficients,
+    x0_loss_factor,
+)
 from dlm.objectives.masked import masked_nelbo, mdlm_loss, mdlm_sequence_nll, subs_log_probs
 from dlm.registry import Registry
 
@@ -13,6 +29,14 @@ OBJECTIVES.register(
     "mdlm",
     Objective(
         "mdlm", mdlm_loss, mdlm_sequence_nll, causal=False, is_bound=True, samplers=("confidence", "ancestral")
+    ),
+)
+OBJECTIVES.register(
+    "diffusion-lm",
+    Objective(
+        "diffusion-lm", diffusion_lm_loss, diffusion_lm_sequence_nll, causal=False, is_bound=True,
+        samplers=("embed-ddpm", "embed-ddim", "embed-dpmpp-2m"),
+        default_schedule="vp-sqrt", configure=configure_diffusion_lm,
     ),
 )
 
@@ -27,4 +51,15 @@ __all__ = [
     "mdlm_loss",
     "mdlm_sequence_nll",
     "subs_log_probs",
+    "TARGETS",
+    "WEIGHTINGS",
+    "convert",
+    "gaussian_loss",
+    "predict_x0_eps",
+    "target_coefficients",
+    "x0_loss_factor",
+    "consistency_function",
+    "consistency_distillation_loss",
+    "diffusion_lm_loss",
+    "diffusion_lm_nelbo",
 ]

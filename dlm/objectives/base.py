@@ -29,3 +29,5 @@ class Objective:
     causal: bool  # attention the backbone is built with
     is_bound: bool  # does sequence_nll return an upper bound rather than the exact NLL?
     samplers: tuple[str, ...]  # samplers that apply; the first is the default
+    default_schedule: str = "loglinear"  # train.schedule when --schedule is not given
+    configure: Callable[..., None] | None = None  # fits a RunConfig to the objective before the model is built

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
+from dlm.errors import DlmError
 from dlm.registry import Registry
 from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
 from dlm.samplers.batching import left_pad
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import CACHES, REMASKING, confidence_generate, num_transfer_tokens
+from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
+from dlm.samplers.ode import ODE_SAMPLERS, guided, time_grid
 
 
 @dataclass
@@ -30,7 +33,8 @@ class SampleConfig:
     schedule: str = "loglinear"
 
 
-# Each entry: (model, prompt, cfg, *, mask_id, eos_id, time_conditioned, prompt_mask, generator, history) -> tokens
+# Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, prompt_mask, generator, history)
+# -> tokens
 SAMPLERS: Registry = Registry("sampler")
 
 
@@ -66,6 +70,36 @@ def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, time_c
     )
 
 
+def _embedding_sampler(ode_sampler: str):
+    """Diffusion-LM: ``ode_sampler`` in embedding space with the clamping trick (``--sampler embed-NAME``)."""
+
+    def run(model, prompt, cfg: SampleConfig, *, mask_id, pad_id=None, prompt_mask=None, generator, history, **_):
+        exclude = tuple(i for i in (mask_id, pad_id) if i is not None)
+
+        def generate(p, g, hist):
+            return diffusion_lm_generate(
+                model, p, gen_length=cfg.gen_length, steps=cfg.steps, schedule=cfg.schedule,
+                ode_sampler=ode_sampler, exclude=exclude, generator=g, history=hist,
+            )[0]
+
+        if generator is None or isinstance(generator, torch.Generator):
+            if prompt_mask is not None and not bool(prompt_mask.all()):
+                raise DlmError("the embed samplers take one generator per row for prompts of different lengths")
+            return generate(prompt, generator, history)
+        rows = []  # one generator per row: row by row on its unpadded prompt, then padded back on the left
+        for j, g in enumerate(generator):
+            real = torch.ones_like(prompt[j], dtype=torch.bool) if prompt_mask is None else prompt_mask[j]
+            out = generate(prompt[j : j + 1, real], g, history if j == 0 else None)
+            rows.append(torch.cat([prompt[j : j + 1, ~real], out], dim=1))
+        return torch.cat(rows)
+
+    return run
+
+
+for _name in ("ddpm", "ddim", "dpmpp-2m"):
+    SAMPLERS.register(f"embed-{_name}", _embedding_sampler(_name))
+
+
 __all__ = [
     "CACHES",
     "SAMPLERS",
@@ -78,4 +112,10 @@ __all__ = [
     "num_transfer_tokens",
     "gumbel_noise",
     "sample_categorical",
+    "ODE_SAMPLERS",
+    "guided",
+    "time_grid",
+    "diffusion_lm_generate",
+    "clamp_to_embeddings",
+    "nearest_tokens",
 ]

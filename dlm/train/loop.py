@@ -113,6 +113,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
         tc = cfg.train
     objective = OBJECTIVES.get(tc.objective)
+    if objective.configure is not None:
+        objective.configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, an embedding width
     precision = resolve_precision(tc.precision, info.device)
     autocast = autocast_for(precision, info.device)
     torch.manual_seed(tc.seed)

@@ -1,0 +1,163 @@
+"""Diffusion-LM (Li et al. 2022): Gaussian diffusion on learned word embeddings, x0-prediction, a rounding decoder.
+
+Notation: w [B, L] the tokens; e = E[w] [B, L, E] their embeddings in the model's learned table (E =
+``model.embed_dim``, 16 unless set); z_t = alpha_t e + sigma_t eps on a Gaussian schedule (``vp-sqrt``, the paper's,
+by default); x0_hat(z_t, t) = model(None, t, inputs_embeds=z_t) [B, L, E], the backbone's continuous path. The
+rounding decoder reads the first latent z_{t_min}, i.e. the paper's x_0 = e + (sigma/alpha)_{t_min} noise:
+
+    p(w | z_{t_min}) = prod_l softmax(head(z_{t_min}^l / alpha_{t_min}))[w^l]      (head = E^T with tied embeddings)
+
+Training loss, per token: the paper's end-to-end L_simple (sec. 4.1) with its x_T term, as in its code:
+
+    L(w) = E_{t ~ U[t_min, 1], eps} mean_{l,d} (x0_hat(z_t, t) - e)^2      L_simple: unweighted x0-MSE
+         + mean_l -log p(w^l | z_{t_min})                                  rounding
+         + mean_{l,d} (alpha_1 e)^2                                        prior: the mean of x_T goes to 0
+
+Gradients reach the embeddings through all three terms. The MSE alone would collapse every embedding onto one
+point (x0 is then trivial to predict); the rounding term, whose noise has the fixed scale (sigma/alpha)_{t_min}
+= 0.1, pushes the embeddings of different words apart; the MSE at high noise and the prior term keep
+their norms from growing without bound (the prior term alone is tiny: alpha_1 = 1e-4).
+
+NELBO (``dlm eval``), an upper bound on -log p(w) in nats per sequence: VDM's continuous-time bound (Kingma et al.
+2021) with the data e = E[w] and this decoder,
+
+    -log p(w) <= E_{q(z_{t_min} | w)} -log p(w | z_{t_min})                                reconstruction
+               + sum_{l,d} KL(N(alpha_1 e, sigma_1^2) || N(0, 1))                            prior (exact)
+               + (1 - t_min) E_{t ~ U[t_min, 1]} [ -SNR'(t) / 2 sum_{l,d} (x0_hat(z_t, t) - e)^2 ]    diffusion
+
+t_min is where sigma / alpha = 0.1 (the paper's x_0 noise, SNR = 100) on every schedule: 9.8e-5 on vp-sqrt (the
+paper's offset s = 1e-4), 0.056 on vp-cosine. The continuous-time diffusion term depends on the schedule only
+through the SNR at its two ends, so the bound is the same on every schedule in expectation; its Monte Carlo
+variance is not. It weights the x0 error by -SNR'(t) / 2 where training weights it by 1, so the bound of a model
+trained on L_simple is valid but loose.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dlm.errors import DlmError
+from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
+from dlm.noise.schedules import sample_times
+from dlm.objectives.base import LossOutput
+
+DEFAULT_EMBED_DIM = 16  # the paper's embedding width on E2E (it used 128 on ROCStories)
+ROUNDING_NOISE = 0.1  # sigma / alpha of the first latent: the paper's x_0 = e + 0.1 eps
+
+
+def first_latent_time(schedule: GaussianSchedule) -> float:
+    """t_min: the time where sigma / alpha = ``ROUNDING_NOISE`` (SNR = 100), on any schedule."""
+    return schedule.time_of_lambda(torch.tensor(-math.log(ROUNDING_NOISE), dtype=torch.float64)).item()
+
+
+def backbone(model):
+    """The ``Transformer`` inside DDP / ``torch.compile`` wrappers: its ``embed`` table and ``head``."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def rounding_nll(head, e: torch.Tensor, w: torch.Tensor, noise_ratio: float, generator) -> torch.Tensor:
+    """-log p(w | z_{t_min}) per token [B, L]: head(e + (sigma/alpha)_{t_min} eps), cross-entropy in float32."""
+    x0 = e + noise_ratio * torch.randn(e.shape, generator=generator, dtype=e.dtype, device=e.device)  # (B, L, E)
+    logits = head(x0).float()  # (B, L, V)
+    return F.cross_entropy(logits.flatten(0, 1), w.flatten(), reduction="none").view(w.shape)
+
+
+def _ends(schedule: GaussianSchedule, t_min: float) -> tuple[float, float, float]:
+    """(sigma/alpha at t_min, alpha_1, sigma_1) as floats."""
+    ends = torch.tensor([t_min, 1.0], dtype=torch.float64)
+    alpha, sigma = schedule.alpha(ends), schedule.sigma(ends)
+    return (sigma[0] / alpha[0]).item(), alpha[1].item(), sigma[1].item()
+
+
+def diffusion_lm_loss(
+    model,
+    x0: torch.Tensor,
+    *,
+    schedule: str | GaussianSchedule = "vp-sqrt",
+    generator: torch.Generator | None = None,
+    antithetic: bool = True,
+    t_min: float | None = None,
+    **_,
+) -> LossOutput:
+    """L_simple + rounding + prior (module docstring) for tokens x0 [B, L]; metrics mse, rounding, prior."""
+    schedule = get_gaussian_schedule(schedule)
+    t_min = first_latent_time(schedule) if t_min is None else t_min
+    net = backbone(model)
+    noise_ratio, alpha_1, _ = _ends(schedule, t_min)
+    # 1. embed the tokens: the clean data of the diffusion
+    e = net.embed(x0)  # (B, L, E)
+    # 2. sample t, noise the embeddings, predict x0 (the continuous path)
+    t = sample_times(x0.shape[0], generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device)  # (B,)
+    z_t, _ = add_noise(e, t.to(e.dtype), schedule, generator)  # (B, L, E)
+    x0_hat = model(None, t, inputs_embeds=z_t)  # (B, L, E)
+    mse = (x0_hat.float() - e.float()).pow(2).mean()
+    # 3. rounding: the decoder p(w | z_{t_min}) on a fresh draw of the first latent
+    rounding = rounding_nll(net.head, e, x0, noise_ratio, generator).mean()
+    # 4. prior: the mean alpha_1 e of x_T towards 0
+    prior = (alpha_1 * e.float()).pow(2).mean()
+    return LossOutput(
+        loss=mse + rounding + prior,
+        metrics={"mse": mse.item(), "rounding": rounding.item(), "prior": prior.item()},
+    )
+
+
+def diffusion_lm_nelbo(
+    model,
+    x0: torch.Tensor,
+    *,
+    schedule: str | GaussianSchedule = "vp-sqrt",
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    antithetic: bool = True,
+    t_min: float | None = None,
+) -> torch.Tensor:
+    """The NELBO of the module docstring in nats per sequence, [B]: an upper bound on -log p(x0), averaged over
+    ``num_samples`` Monte Carlo draws of (t, eps) per sequence (antithetic times over all draws)."""
+    if num_samples < 1:
+        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
+    schedule = get_gaussian_schedule(schedule)
+    t_min = first_latent_time(schedule) if t_min is None else t_min
+    net = backbone(model)
+    noise_ratio, alpha_1, sigma_1 = _ends(schedule, t_min)
+    B = x0.shape[0]
+    e = net.embed(x0).float()  # (B, L, E)
+    # prior: KL(N(alpha_1 e, sigma_1^2) || N(0, 1)) per coordinate, summed (exact)
+    prior = 0.5 * ((alpha_1 * e).pow(2) + sigma_1**2 - 1.0 - 2.0 * math.log(sigma_1)).sum((1, 2))
+    t_all = sample_times(
+        num_samples * B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device
+    ).view(num_samples, B).double()  # row s: the s-th draw of every sequence
+    total = torch.zeros(B, dtype=torch.float64, device=x0.device)
+    for s in range(num_samples):
+        t = t_all[s]  # (B,)
+        # reconstruction: -log p(w | z_{t_min}), summed over positions
+        total += rounding_nll(net.head, e, x0, noise_ratio, generator).sum(-1).double()
+        # diffusion: -SNR'(t) / 2 * the summed squared x0 error, times the length of [t_min, 1]
+        z_t, _ = add_noise(e, t.float(), schedule, generator)  # (B, L, E)
+        sq_err = (model(None, t.float(), inputs_embeds=z_t).float() - e).pow(2).sum((1, 2)).double()  # (B,)
+        dsnr = 2.0 * schedule.snr(t) * (schedule.f(t) - schedule.dsigma(t) / schedule.sigma(t))  # d SNR / dt
+        total += (1.0 - t_min) * (-0.5 * dsnr) * sq_err
+    return prior.double() + total / num_samples
+
+
+def diffusion_lm_sequence_nll(model, x0, *, schedule="vp-sqrt", num_samples=1, generator=None, **_):
+    return diffusion_lm_nelbo(model, x0, schedule=schedule, num_samples=num_samples, generator=generator)
+
+
+def configure_diffusion_lm(cfg) -> None:
+    """Fit a ``RunConfig`` to Diffusion-LM before the model is built: a Gaussian ``train.schedule``, a
+    time-conditioned model, and an embedding space of ``model.embed_dim`` (``DEFAULT_EMBED_DIM`` when 0)."""
+    if cfg.train.schedule not in GAUSSIAN_SCHEDULES:
+        raise DlmError(
+            f"--objective diffusion-lm needs a Gaussian schedule, not {cfg.train.schedule!r}; "
+            f"pass --schedule with one of: {', '.join(GAUSSIAN_SCHEDULES.names())}"
+        )
+    cfg.model.time_conditioning = True
+    if cfg.model.embed_dim == 0:
+        cfg.model.embed_dim = DEFAULT_EMBED_DIM
