@@ -29,16 +29,19 @@ model that had learned its training set exactly computes) is sampled and scored 
 
 tau_mem is the first step at which f_mem reaches ``--mem-threshold`` (default 0.1), interpolated linearly in
 log(step) between the checkpoints around it. tau_gen is the first step at which the held-out loss comes within
-``--gen-tol`` (default 5%) of its minimum over the run, interpolated the same way; tau_opt, the checkpoint of the
-minimum itself, is reported beside. A run stops after the checkpoint where f_mem reaches ``--stop-at`` (default 0.3)
-or at ``--max-steps``. tau_mem = a n + b is fitted by least squares over the n that memorised (R^2 beside), and
-so is the power law tau_mem ~ n^k (k = 1: linear). Writes docs/bench/memorization.json, docs/memorization.png and
-the memorization section of docs/CONTINUOUS.md.
+``--gen-tol`` (default 5%) of its minimum over the run, interpolated the same way; beside it, tau_common, the
+first step at which it reaches a level common to all n (the largest of the runs' minima), and tau_opt, the
+checkpoint of the minimum itself. A run stops after the checkpoint where f_mem reaches ``--stop-at`` (default 0.3)
+or at ``--max-steps``. Each time scale is fitted against n by least squares, tau = a n + b (R^2 beside), over
+the n where it was reached, and so is the power law tau ~ n^k (k = 1: linear, k = 0: constant).
+``--rerender docs/bench/memorization.json`` redoes the time scales, table and plot from saved curves.
+Writes docs/bench/memorization.json, docs/memorization.png and the memorization section of docs/CONTINUOUS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -166,15 +169,10 @@ def train_and_watch(n: int, pool: torch.Tensor, held_out: torch.Tensor, args, lo
             f"train {row['train_loss']:.4f}  mmd {row['mmd']:.4f}  ({row['seconds']:.0f} s)")
         if row["f_mem"] >= args.stop_at:
             break
-    best = min(curve["test_loss"])
     exact = lambda x, t: empirical_x0(x, t, train_x).float()  # noqa: E731
     exact_samples, _ = ddim_sample(exact, noise.clone(), times, schedule=SCHEDULE, target="x0")
     return {
         "n": n, **curve,
-        "tau_mem": log_interp_crossing(curve["step"], curve["f_mem"], args.mem_threshold, above=True),
-        "tau_gen": log_interp_crossing(curve["step"], curve["test_loss"], best * (1 + args.gen_tol), above=False),
-        "tau_opt": curve["step"][curve["test_loss"].index(best)],
-        "best_test_loss": best,
         "held_out_copy_fraction": copy_fraction(held_out, train_x),
         "empirical": {"f_mem": copy_fraction(exact_samples, train_x), "test_loss": test_loss(exact),
                       "train_loss": train_loss(exact)},
@@ -192,14 +190,31 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
     return {"slope": a, "intercept": b, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
 
 
-def fits(runs: list[dict]) -> dict:
-    mem = [(r["n"], r["tau_mem"]) for r in runs if r["tau_mem"] is not None]
-    if len(mem) < 3:
-        return {"memorised_ns": [n for n, _ in mem]}
-    ns, taus = [float(n) for n, _ in mem], [t for _, t in mem]
-    power = linear_fit([math.log(n) for n in ns], [math.log(t) for t in taus])
-    return {"memorised_ns": [int(n) for n in ns], "tau_mem_linear": linear_fit(ns, taus),
-            "tau_mem_power": {"exponent": power["slope"], "r2": power["r2"]}}
+def summarise(runs: list[dict], mem_threshold: float, gen_tol: float) -> dict:
+    """The time scales of each run, from its curves (in place), and their fits against n.
+
+    Per run: tau_mem, tau_gen (within gen_tol of the run's own best held-out loss), tau_opt (the best checkpoint),
+    and tau_common: the first step at which the held-out loss reaches the common level, the largest of the runs'
+    best losses (a quality every run reaches). Fits over the runs where the time was reached: tau = a n + b
+    (least squares, R^2) and the power law tau ~ n^k (slope k in log-log, R^2 there)."""
+    for r in runs:
+        best = min(r["test_loss"])
+        r["best_test_loss"] = best
+        r["tau_mem"] = log_interp_crossing(r["step"], r["f_mem"], mem_threshold, above=True)
+        r["tau_gen"] = log_interp_crossing(r["step"], r["test_loss"], best * (1 + gen_tol), above=False)
+        r["tau_opt"] = r["step"][r["test_loss"].index(best)]
+    level = max(r["best_test_loss"] for r in runs)
+    for r in runs:
+        r["tau_common"] = log_interp_crossing(r["step"], r["test_loss"], level, above=False)
+    out = {"common_level": level}
+    for key in ("tau_mem", "tau_gen", "tau_common", "tau_opt"):
+        pts = [(float(r["n"]), float(r[key])) for r in runs if r[key] is not None]
+        fit = {"ns": [int(n) for n, _ in pts]}
+        if len(pts) >= 3:
+            power = linear_fit([math.log(n) for n, _ in pts], [math.log(t) for _, t in pts])
+            fit.update(linear=linear_fit(*map(list, zip(*pts))), exponent=power["slope"], exponent_r2=power["r2"])
+        out[key] = fit
+    return out
 
 
 def plot(data: dict, path: Path) -> None:
@@ -220,11 +235,12 @@ def plot(data: dict, path: Path) -> None:
                 title="denoising loss")
     ns = [r["n"] for r in runs]
     axes[2].plot(ns, [r["tau_gen"] for r in runs], marker="s", label="tau_gen (held-out loss within tol of min)")
+    axes[2].plot(ns, [r["tau_common"] for r in runs], marker="D", label="tau_common (held-out loss at common level)")
     axes[2].plot(ns, [r["tau_opt"] for r in runs], marker="^", ls=":", label="tau_opt (held-out loss min)")
     mem = [(r["n"], r["tau_mem"]) for r in runs if r["tau_mem"] is not None]
     if mem:
         axes[2].plot(*zip(*mem), marker="o", label=f"tau_mem (f_mem >= {data['mem_threshold']})")
-    lin = data["fits"].get("tau_mem_linear")
+    lin = data["fits"]["tau_mem"].get("linear")
     if lin:
         xs = [min(ns), max(ns)]
         axes[2].plot(xs, [lin["slope"] * x + lin["intercept"] for x in xs], color="k", lw=0.8,
@@ -245,18 +261,22 @@ def markdown(data: dict, command: str) -> str:
         return "not reached" if v is None else f"{v:,.0f}"
 
     rows = "".join(
-        f"| {r['n']:,} | {steps(r['tau_gen'])} | {r['tau_opt']:,} | {r['best_test_loss']:.4f} | {steps(r['tau_mem'])} "
+        f"| {r['n']:,} | {steps(r['tau_gen'])} | {steps(r['tau_common'])} | {r['tau_opt']:,} "
+        f"| {r['best_test_loss']:.4f} | {steps(r['tau_mem'])} "
         f"| {r['step'][-1]:,} | {r['f_mem'][-1]:.2f} | {r['held_out_copy_fraction']:.3f} "
         f"| {r['empirical']['f_mem']:.2f}, {r['empirical']['test_loss']:.3f} / {r['empirical']['train_loss']:.3f} |\n"
         for r in data["runs"])
-    f = data["fits"]
-    if "tau_mem_linear" in f:
-        lin, power = f["tau_mem_linear"], f["tau_mem_power"]
-        fit = (f"Fit over n = {', '.join(map(str, f['memorised_ns']))}: tau_mem = **{lin['slope']:.1f} n "
-               f"{lin['intercept']:+,.0f}** (R^2 = **{lin['r2']:.3f}**); power law tau_mem ~ n^{power['exponent']:.2f} "
-               f"(R^2 {power['r2']:.3f} in log-log).")
-    else:
-        fit = f"No fit: tau_mem was reached for fewer than 3 sizes (n = {f['memorised_ns']})."
+    fit = "| time | n where reached | linear fit a n + b | R^2 | power law: k in n^k | R^2 (log-log) |\n"
+    fit += "| --- | --- | ---: | ---: | ---: | ---: |\n"
+    for key, f in data["fits"].items():
+        if key == "common_level":
+            continue
+        if "linear" in f:
+            lin = f["linear"]
+            fit += (f"| {key} | {', '.join(map(str, f['ns']))} | {lin['slope']:.2f} n {lin['intercept']:+,.0f} "
+                    f"| {lin['r2']:.3f} | {f['exponent']:.2f} | {f['exponent_r2']:.3f} |\n")
+        else:
+            fit += f"| {key} | {', '.join(map(str, f['ns'])) or 'none'} | fewer than 3 sizes: no fit | | | |\n"
     return f"""## Memorisation vs generalisation on 8x8 digits
 
 Command: `{command}`
@@ -264,14 +284,17 @@ Machine: {machine_line(data['machine'])}
 
 MLP denoiser ({data['depth']} x {data['width']}, {data['params']:,} parameters), {data['target']}-prediction on
 {data['schedule']}, Adam lr {data['lr']:g} constant, batch {data['batch']}; {data['samples']} DDIM samples
-({data['sample_steps']} steps) per checkpoint, checkpoints every x sqrt 2 from step {data['first']}. Copy: d1 / d2 < 1/3 to the training set. tau_mem: f_mem reaches
-{data['mem_threshold']}; tau_gen: held-out eps MSE within {data['gen_tol']:.0%} of its minimum; tau_opt: the minimum's
-checkpoint. "held-out copies": the criterion applied to the 773 real held-out images (a false-positive check).
-"empirical denoiser": the exact E[x0 | x_t] of the n training images, sampled the same way (where memorisation ends).
+({data['sample_steps']} steps) per checkpoint, checkpoints every x sqrt 2 from step {data['first']}.
+Copy: d1 / d2 < 1/3 to the training set. tau_mem: f_mem reaches {data['mem_threshold']}; tau_gen: held-out eps MSE
+within {data['gen_tol']:.0%} of the run's own minimum; tau_common: held-out eps MSE down to
+{data['fits']['common_level']:.4f}, the largest of the runs' minima (a level every run reaches); tau_opt: the
+minimum's checkpoint. Times in training steps, interpolated in log(step) between checkpoints. "held-out copies":
+the criterion applied to the 773 real held-out images (a false-positive check). "empirical denoiser": the exact
+E[x0 | x_t] of the n training images, sampled the same way (where memorisation ends).
 
-| n | tau_gen | tau_opt | best held-out loss | tau_mem | last step | f_mem at last | held-out copies \
+| n | tau_gen | tau_common | tau_opt | best held-out loss | tau_mem | last step | f_mem at last | held-out copies \
 | empirical denoiser: f_mem, held-out / train loss |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 {fit}
 
@@ -295,16 +318,24 @@ def main() -> None:
     ap.add_argument("--stop-at", type=float, default=0.3, help="stop a run once f_mem reaches this (default 0.3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print the table only; write nothing into docs/")
+    ap.add_argument("--rerender", metavar="JSON",
+                    help="skip training: redo the time scales, table and plot from a saved docs/bench JSON")
     args = ap.parse_args()
     start = time.time()
-    pool, held_out = load_digits_scaled(args.seed)
-    runs = [train_and_watch(n, pool, held_out, args) for n in args.ns]
-    params = sum(p.numel() for p in build_mlp(64, args.width, args.depth, args.seed).parameters())
-    data = {**{k: v for k, v in vars(args).items() if k != "no_write"}, "params": params, "schedule": SCHEDULE,
-            "target": TARGET, "runs": runs, "fits": fits(runs), "machine": machine(), "seconds": time.time() - start}
-    command = "python bench/memorization.py" + "".join(
-        f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k != "no_write" and v != ap.get_default(k))
+    if args.rerender:
+        data = json.loads(Path(args.rerender).read_text())
+        command = data["command"]
+    else:
+        pool, held_out = load_digits_scaled(args.seed)
+        runs = [train_and_watch(n, pool, held_out, args) for n in args.ns]
+        params = sum(p.numel() for p in build_mlp(64, args.width, args.depth, args.seed).parameters())
+        options = {k: v for k, v in vars(args).items() if k not in ("no_write", "rerender")}
+        command = "python bench/memorization.py" + "".join(
+            f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in options.items() if v != ap.get_default(k))
+        data = {**options, "params": params, "schedule": SCHEDULE, "target": TARGET, "command": command,
+                "runs": runs, "machine": machine(), "seconds": time.time() - start}
+    data["fits"] = summarise(data["runs"], data["mem_threshold"], data["gen_tol"])
     md = markdown(data, command)
     print(md)
     if not args.no_write:

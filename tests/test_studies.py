@@ -39,6 +39,21 @@ def test_crossings_checkpoints_and_fit():
     assert fit["slope"] == pytest.approx(3) and fit["intercept"] == pytest.approx(5) and fit["r2"] == pytest.approx(1)
 
 
+def test_time_scales_from_hand_made_curves():
+    steps = [100, 200, 400, 800]
+    runs = [{"n": n, "step": steps, "f_mem": f, "test_loss": loss} for n, f, loss in [
+        (64, [0.0, 0.1, 0.3, 0.5], [0.5, 0.4, 0.45, 0.5]),  # min 0.4 at 200; f_mem reaches 0.1 at 200
+        (128, [0.0, 0.0, 0.1, 0.3], [0.5, 0.4, 0.3, 0.35]),  # min 0.3 at 400; f_mem 0.1 at 400
+        (256, [0.0, 0.0, 0.0, 0.1], [0.5, 0.4, 0.3, 0.2]),  # min 0.2 at 800; f_mem 0.1 at 800
+    ]]
+    fits = memorization.summarise(runs, mem_threshold=0.1, gen_tol=0.0)
+    assert [r["tau_mem"] for r in runs] == pytest.approx([200, 400, 800])
+    assert [r["tau_opt"] for r in runs] == [200, 400, 800]
+    assert fits["common_level"] == 0.4 and [r["tau_common"] for r in runs] == pytest.approx([200, 200, 200])
+    assert fits["tau_mem"]["exponent"] == pytest.approx(1) and fits["tau_mem"]["linear"]["r2"] == pytest.approx(1)
+    assert fits["tau_common"]["exponent"] == pytest.approx(0, abs=1e-12)
+
+
 def test_empirical_denoiser_snaps_to_the_training_set_and_its_samples_are_copies():
     g = torch.Generator().manual_seed(0)
     train = 2 * torch.rand(6, 16, generator=g) - 1  # (6, 16)
@@ -59,6 +74,7 @@ def test_memorisation_pipeline_at_toy_size():
                      stop_at=0.3, mem_threshold=0.1, gen_tol=0.05, seed=0)
     run = memorization.train_and_watch(8, pool, held_out, args, log=lambda *_: None)
     assert run["step"] == [10, 14, 20] and all(0.0 <= f <= 1.0 for f in run["f_mem"])
+    memorization.summarise([run], args.mem_threshold, args.gen_tol)
     assert run["tau_opt"] in run["step"] and math.isfinite(run["best_test_loss"])
     fixed = memorization.FixedLoss(held_out, seed=3)
     model = memorization.build_mlp(64, 32, 2, seed=0)
