@@ -28,10 +28,11 @@ For reference the exact denoiser of the empirical distribution of the n images (
 model that had learned its training set exactly computes) is sampled and scored the same way.
 
 tau_mem is the first step at which f_mem reaches ``--mem-threshold`` (default 0.1), interpolated linearly in
-log(step) between the checkpoints around it. tau_gen is the first step at which the held-out loss comes within
-``--gen-tol`` (default 5%) of its minimum over the run, interpolated the same way; beside it, tau_common, the
-first step at which it reaches a level common to all n (the largest of the runs' minima), and tau_opt, the
-checkpoint of the minimum itself. A run stops after the checkpoint where f_mem reaches ``--stop-at`` (default 0.3)
+log(step) between the checkpoints around it; tau_mem_half, the same at half the threshold, shows how much the
+exponent depends on that choice and reaches larger n within a budget. tau_gen is the first step at which the
+held-out loss comes within ``--gen-tol`` (default 5%) of its minimum over the run, interpolated the same way;
+beside it, tau_common, the first step at which it reaches a level common to all n (the largest of the runs'
+minima), and tau_opt, the checkpoint of the minimum itself. A run stops after the checkpoint where f_mem reaches ``--stop-at`` (default 0.15)
 or at ``--max-steps``. Each time scale is fitted against n by least squares, tau = a n + b (R^2 beside), over
 the n where it was reached, and so is the power law tau ~ n^k (k = 1: linear, k = 0: constant).
 ``--rerender docs/bench/memorization.json`` redoes the time scales, table and plot from saved curves.
@@ -193,21 +194,22 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
 def summarise(runs: list[dict], mem_threshold: float, gen_tol: float) -> dict:
     """The time scales of each run, from its curves (in place), and their fits against n.
 
-    Per run: tau_mem, tau_gen (within gen_tol of the run's own best held-out loss), tau_opt (the best checkpoint),
-    and tau_common: the first step at which the held-out loss reaches the common level, the largest of the runs'
+    Per run: tau_mem (and tau_mem_half at mem_threshold / 2), tau_gen (within gen_tol of the run's own best
+    held-out loss), tau_opt (the best checkpoint), and tau_common: the first step at which the held-out loss reaches the common level, the largest of the runs'
     best losses (a quality every run reaches). Fits over the runs where the time was reached: tau = a n + b
     (least squares, R^2) and the power law tau ~ n^k (slope k in log-log, R^2 there)."""
     for r in runs:
         best = min(r["test_loss"])
         r["best_test_loss"] = best
         r["tau_mem"] = log_interp_crossing(r["step"], r["f_mem"], mem_threshold, above=True)
+        r["tau_mem_half"] = log_interp_crossing(r["step"], r["f_mem"], mem_threshold / 2, above=True)
         r["tau_gen"] = log_interp_crossing(r["step"], r["test_loss"], best * (1 + gen_tol), above=False)
         r["tau_opt"] = r["step"][r["test_loss"].index(best)]
     level = max(r["best_test_loss"] for r in runs)
     for r in runs:
         r["tau_common"] = log_interp_crossing(r["step"], r["test_loss"], level, above=False)
     out = {"common_level": level}
-    for key in ("tau_mem", "tau_gen", "tau_common", "tau_opt"):
+    for key in ("tau_mem", "tau_mem_half", "tau_gen", "tau_common", "tau_opt"):
         pts = [(float(r["n"]), float(r[key])) for r in runs if r[key] is not None]
         fit = {"ns": [int(n) for n, _ in pts]}
         if len(pts) >= 3:
@@ -219,6 +221,7 @@ def summarise(runs: list[dict], mem_threshold: float, gen_tol: float) -> dict:
 
 def plot(data: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -239,7 +242,15 @@ def plot(data: dict, path: Path) -> None:
     axes[2].plot(ns, [r["tau_opt"] for r in runs], marker="^", ls=":", label="tau_opt (held-out loss min)")
     mem = [(r["n"], r["tau_mem"]) for r in runs if r["tau_mem"] is not None]
     if mem:
-        axes[2].plot(*zip(*mem), marker="o", label=f"tau_mem (f_mem >= {data['mem_threshold']})")
+        axes[2].plot(*zip(*mem), marker="o", color="C3", label=f"tau_mem (f_mem >= {data['mem_threshold']})")
+    half = [(r["n"], r["tau_mem_half"]) for r in runs if r["tau_mem_half"] is not None]
+    if half:
+        axes[2].plot(*zip(*half), marker="o", mfc="none", ls="--", color="C3",
+                     label=f"tau_mem_half (f_mem >= {data['mem_threshold'] / 2:g})")
+    unreached = [(r["n"], r["step"][-1]) for r in runs if r["tau_mem"] is None]
+    if unreached:
+        axes[2].plot(*zip(*unreached), ls="none", marker="^", mfc="none", color="C3", ms=9,
+                     label="tau_mem not reached: > last step")
     lin = data["fits"]["tau_mem"].get("linear")
     if lin:
         xs = [min(ns), max(ns)]
@@ -248,6 +259,7 @@ def plot(data: dict, path: Path) -> None:
     axes[2].set(xscale="log", yscale="log", xlabel="training set size n", ylabel="training steps",
                 title="time scales vs n")
     axes[2].set_xticks(ns, [str(n) for n in ns])
+    axes[2].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -258,11 +270,13 @@ def plot(data: dict, path: Path) -> None:
 
 def markdown(data: dict, command: str) -> str:
     def steps(v):
-        return "not reached" if v is None else f"{v:,.0f}"
+        if v is None:
+            return "not reached"
+        return f"<= {v:,.0f}" if v == data["first"] else f"{v:,.0f}"  # reached by the first checkpoint
 
     rows = "".join(
         f"| {r['n']:,} | {steps(r['tau_gen'])} | {steps(r['tau_common'])} | {r['tau_opt']:,} "
-        f"| {r['best_test_loss']:.4f} | {steps(r['tau_mem'])} "
+        f"| {r['best_test_loss']:.4f} | {steps(r['tau_mem'])} | {steps(r['tau_mem_half'])} "
         f"| {r['step'][-1]:,} | {r['f_mem'][-1]:.2f} | {r['held_out_copy_fraction']:.3f} "
         f"| {r['empirical']['f_mem']:.2f}, {r['empirical']['test_loss']:.3f} / {r['empirical']['train_loss']:.3f} |\n"
         for r in data["runs"])
@@ -285,16 +299,17 @@ Machine: {machine_line(data['machine'])}
 MLP denoiser ({data['depth']} x {data['width']}, {data['params']:,} parameters), {data['target']}-prediction on
 {data['schedule']}, Adam lr {data['lr']:g} constant, batch {data['batch']}; {data['samples']} DDIM samples
 ({data['sample_steps']} steps) per checkpoint, checkpoints every x sqrt 2 from step {data['first']}.
-Copy: d1 / d2 < 1/3 to the training set. tau_mem: f_mem reaches {data['mem_threshold']}; tau_gen: held-out eps MSE
+Copy: d1 / d2 < 1/3 to the training set. tau_mem: f_mem reaches {data['mem_threshold']} (tau_mem_half:
+{data['mem_threshold'] / 2:g}); tau_gen: held-out eps MSE
 within {data['gen_tol']:.0%} of the run's own minimum; tau_common: held-out eps MSE down to
 {data['fits']['common_level']:.4f}, the largest of the runs' minima (a level every run reaches); tau_opt: the
 minimum's checkpoint. Times in training steps, interpolated in log(step) between checkpoints. "held-out copies":
 the criterion applied to the 773 real held-out images (a false-positive check). "empirical denoiser": the exact
 E[x0 | x_t] of the n training images, sampled the same way (where memorisation ends).
 
-| n | tau_gen | tau_common | tau_opt | best held-out loss | tau_mem | last step | f_mem at last | held-out copies \
-| empirical denoiser: f_mem, held-out / train loss |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| n | tau_gen | tau_common | tau_opt | best held-out loss | tau_mem | tau_mem_half | last step | f_mem at last \
+| held-out copies | empirical denoiser: f_mem, held-out / train loss |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 {fit}
 
@@ -305,7 +320,7 @@ E[x0 | x_t] of the n training images, sampled the same way (where memorisation e
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ns", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
-    ap.add_argument("--max-steps", type=int, default=64000)
+    ap.add_argument("--max-steps", type=int, default=51200)
     ap.add_argument("--first", type=int, default=100, help="first checkpoint; then every x sqrt 2 (default 100)")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=3)
@@ -315,7 +330,7 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--mem-threshold", type=float, default=0.1)
     ap.add_argument("--gen-tol", type=float, default=0.05)
-    ap.add_argument("--stop-at", type=float, default=0.3, help="stop a run once f_mem reaches this (default 0.3)")
+    ap.add_argument("--stop-at", type=float, default=0.15, help="stop a run once f_mem reaches this (default 0.15)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print the table only; write nothing into docs/")
     ap.add_argument("--rerender", metavar="JSON",
