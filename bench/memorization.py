@@ -30,11 +30,11 @@ model that had learned its training set exactly computes) is sampled and scored 
 tau_mem is the first step at which f_mem reaches ``--mem-threshold`` (default 0.1), interpolated linearly in
 log(step) between the checkpoints around it; tau_mem_half, the same at half the threshold, shows how much the
 exponent depends on that choice and reaches larger n within a budget. tau_gen is the first step at which the
-held-out loss comes within ``--gen-tol`` (default 5%) of its minimum over the run, interpolated the same way;
-beside it, tau_common, the first step at which it reaches a level common to all n (the largest of the runs'
-minima), and tau_opt, the checkpoint of the minimum itself. A run stops after the checkpoint where f_mem
-reaches ``--stop-at`` (default 0.15) or at ``--max-steps``. Each time scale is fitted against n by least squares, tau = a n + b (R^2 beside), over
-the n where it was reached, and so is the power law tau ~ n^k (k = 1: linear, k = 0: constant).
+held-out loss comes within ``--gen-tol`` (default 5%) of its minimum over the run, interpolated the same way; beside
+it, tau_common, the first step at which it reaches a level common to all n (the largest of the runs' minima), and
+tau_opt, the checkpoint of the minimum itself. A run stops after the checkpoint where f_mem reaches ``--stop-at``
+(default 0.15) or at ``--max-steps``. Each time scale is fitted against n by least squares, tau = a n + b (R^2
+beside), over the n where it was reached, and so is the power law tau ~ n^k (k = 1: linear, k = 0: constant).
 ``--rerender docs/bench/memorization.json`` redoes the time scales, table and plot from saved curves.
 Writes docs/bench/memorization.json, docs/memorization.png and the memorization section of docs/CONTINUOUS.md.
 """
@@ -194,10 +194,11 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
 def summarise(runs: list[dict], mem_threshold: float, gen_tol: float) -> dict:
     """The time scales of each run, from its curves (in place), and their fits against n.
 
-    Per run: tau_mem (and tau_mem_half at mem_threshold / 2), tau_gen (within gen_tol of the run's own best
-    held-out loss), tau_opt (the best checkpoint), and tau_common: the first step at which the held-out loss
-    reaches the common level, the largest of the runs' best losses (a quality every run reaches). Fits over the runs where the time was reached: tau = a n + b
-    (least squares, R^2) and the power law tau ~ n^k (slope k in log-log, R^2 there)."""
+    Per run: tau_mem (and tau_mem_half at mem_threshold / 2), tau_gen (within gen_tol of the run's own best held-out
+    loss), tau_opt (the best checkpoint), and tau_common: the first step at which the held-out loss reaches the
+    common level, the largest of the runs' best losses (a quality every run reaches). Fits over the runs where the
+    time was reached: tau = a n + b (least squares, R^2) and the power law tau ~ n^k (slope k in log-log, R^2
+    there)."""
     for r in runs:
         best = min(r["test_loss"])
         r["best_test_loss"] = best
