@@ -19,12 +19,14 @@ uniform in lambda = log(alpha / sigma). Two errors:
   which has no such floor.
 
 The observed order is the least-squares slope of -log(solution error) against log(NFE) for NFE >= 10. Writes
-docs/bench/ode_samplers.json, docs/ode_samplers.png and the ode_samplers section of docs/CONTINUOUS.md.
+docs/bench/ode_samplers.json, docs/ode_samplers.png and the ode_samplers section of docs/CONTINUOUS.md;
+``--rerender docs/bench/ode_samplers.json`` redoes the table and plot from a saved run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -118,9 +120,9 @@ def plot(data: dict, path: Path) -> None:
             ax.loglog(row["nfe"], row[key], style, marker="o", ms=3, color=colors[row["sampler"]], label=label)
     axes[0].axhline(data["reference"]["error_vs_half_steps"], color="gray", lw=0.8, ls=":", label="reference error")
     lo, hi = min(data["sw_floor"]), max(data["sw_floor"])
-    axes[1].axhspan(lo, hi, color="gray", alpha=0.25, label="floor: other exact samples (range)")
-    axes[1].axhline(data["reference"]["sw_to_exact"], color="k", lw=0.8, ls=":", label="reference solve")
-    axes[1].legend(fontsize=7)
+    floor = axes[1].axhspan(lo, hi, color="gray", alpha=0.25, label="floor: other exact samples (range)")
+    ref = axes[1].axhline(data["reference"]["sw_to_exact"], color="k", lw=0.8, ls=":", label="reference solve")
+    axes[1].legend(handles=[floor, ref], fontsize=7)
     axes[0].set(xlabel="NFE", ylabel="RMS ||x - x_ref|| at t_min", title="error against the exact ODE solution")
     axes[1].set(xlabel="NFE", ylabel="sliced W2 to exact samples", title="error of the sample distribution")
     for ax in axes:
@@ -185,13 +187,19 @@ def main() -> None:
     ap.add_argument("--schedule", default="vp-linear", help="Gaussian schedule (default vp-linear)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print the table only; write nothing into docs/")
+    ap.add_argument("--rerender", metavar="JSON", help="skip the runs: redo the table and plot from a saved JSON")
     args = ap.parse_args()
     start = time.time()
-    data = run(args.n, args.ref_steps, NFES, args.seed, args.schedule)
-    data["machine"], data["seconds"] = machine(), time.time() - start
+    if args.rerender:
+        data = json.loads(Path(args.rerender).read_text())
+        options = {"n": data["n"], "ref_steps": data["reference"]["steps"], "schedule": data["schedule"],
+                   "seed": data["seed"]}
+    else:
+        data = run(args.n, args.ref_steps, NFES, args.seed, args.schedule)
+        data["machine"], data["seconds"] = machine(), time.time() - start
+        options = {k: v for k, v in vars(args).items() if k not in ("no_write", "rerender")}
     command = "python bench/ode_samplers.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k != "no_write" and v != ap.get_default(k))
+        f" --{k.replace('_', '-')} {v}" for k, v in options.items() if v != ap.get_default(k))
     md = markdown(data, command)
     print(md)
     if not args.no_write:
