@@ -299,10 +299,10 @@ Machine: {machine_line(data['machine'])}
 
 MLP denoiser ({data['depth']} x {data['width']}, {data['params']:,} parameters), {data['target']}-prediction on
 {data['schedule']}, Adam lr {data['lr']:g} constant, batch {data['batch']}; {data['samples']} DDIM samples
-({data['sample_steps']} steps) per checkpoint, checkpoints every x sqrt 2 from step {data['first']}.
-Copy: d1 / d2 < 1/3 to the training set. tau_mem: f_mem reaches {data['mem_threshold']} (tau_mem_half:
-{data['mem_threshold'] / 2:g}); tau_gen: held-out eps MSE
-within {data['gen_tol']:.0%} of the run's own minimum; tau_common: held-out eps MSE down to
+({data['sample_steps']} steps) per checkpoint, checkpoints every x sqrt 2 from step {data['first']}; a run stops
+once f_mem reaches {data['stop_at']} or at step {data['max_steps']:,}. Copy: d1 / d2 < 1/3 to the training set.
+tau_mem: f_mem reaches {data['mem_threshold']} (tau_mem_half: {data['mem_threshold'] / 2:g}); tau_gen: held-out eps
+MSE within {data['gen_tol']:.0%} of the run's own minimum; tau_common: held-out eps MSE down to
 {data['fits']['common_level']:.4f}, the largest of the runs' minima (a level every run reaches); tau_opt: the
 minimum's checkpoint. Times in training steps, interpolated in log(step) between checkpoints. "held-out copies":
 the criterion applied to the 773 real held-out images (a false-positive check). "empirical denoiser": the exact

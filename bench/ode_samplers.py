@@ -161,19 +161,18 @@ def markdown(data: dict, command: str) -> str:
 Command: `{command}`
 Machine: {machine_line(data['machine'])}
 
-The ring of 8 Gaussians (radius {data['ring']['radius']}, std {data['ring']['std']}) in 2-D,
-{data['schedule']} schedule,
-the exact posterior mean as the denoiser (no training), {data['n']:,} common starting points, t from {data['t_max']:g}
-to {data['t_min']:g}. Reference: Heun with {ref['steps']} steps on the lambda grid (its distance to the
-{ref['steps'] // 2}-step solve: {ref['error_vs_half_steps']:.1e}). Heun spends 2 calls a step: a figure in brackets is
-the NFE it actually used. Order: slope of -log(error) on log(NFE) for NFE >= 10 (2 = second order).
+The ring of 8 Gaussians (radius {data['ring']['radius']}, std {data['ring']['std']}) in 2-D, {data['schedule']}
+schedule, the exact posterior mean as the denoiser (no training), {data['n']:,} common starting points, t from
+{data['t_max']:g} to {data['t_min']:g}. Reference: Heun with {ref['steps']} steps on the lambda grid (its distance to
+the {ref['steps'] // 2}-step solve: {ref['error_vs_half_steps']:.1e}). Heun spends 2 calls a step: a figure in
+brackets is the NFE it actually used. Order: slope of -log(error) on log(NFE) for NFE >= 10 (2 = second order).
 
 Solution error, RMS ||x - x_ref|| at t_min:
 
 {sol}
 Sliced W2 to {data['n']:,} exact samples of the marginal at t_min. Floor from sampling alone: other exact samples of
-the same size are at {floor.mean():.2e} +- {floor.std():.1e} (mean +- sd of {len(floor)}), the reference solve at
-{ref['sw_to_exact']:.2e}.
+the same size are at {floor.mean():.2e} +- {floor.std():.1e} (mean +- sd of {len(floor)}), the reference solve
+at {ref['sw_to_exact']:.2e}.
 
 {sw}
 ![error vs NFE](ode_samplers.png)
