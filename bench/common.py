@@ -42,11 +42,12 @@ def machine_line(info: dict) -> str:
             f"{info['torch']}{gpu}, {info['date']}")
 
 
-def write_results(name: str, data: dict, markdown: str, doc: str = "RESULTS.md") -> None:
-    """Write docs/bench/NAME.json and replace the NAME section of docs/DOC with ``markdown``."""
+def write_results(name: str, data: dict, markdown: str, document: str = "RESULTS.md") -> None:
+    """Write docs/bench/NAME.json and replace the NAME section of docs/DOCUMENT (RESULTS.md unless told) with
+    ``markdown``; a section not there yet is appended, a document not there yet is created."""
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    results = DOCS / doc
+    results = DOCS / document
     text = results.read_text() if results.exists() else "# Results\n\nEvery number below comes from the command printed beside it.\n"
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
