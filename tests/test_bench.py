@@ -49,7 +49,7 @@ def test_bench_sample_end_to_end(tiny_mdlm_run, tiny_ar_run, tmp_path):
     proc = dlm("bench", "sample", tiny_mdlm_run, "--ar", tiny_ar_run, "--reference", tiny_ar_run, "--gen-length", 16,
                "--num-samples", 4, "--batch-size", 2, "--batch1-samples", 2, "--block-length", 8, "--quick",
                "--out", out)
-    assert "| setting | NFE/token |" in proc.stdout
+    assert "| setting | NFE/token (b=1 / b=2) |" in proc.stdout
     report = json.loads((out / "sample_bench.json").read_text())
     by_name = {r["name"]: r for r in report["results"]}
     ar = by_name["T=1, KV cache"]

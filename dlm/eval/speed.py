@@ -180,7 +180,7 @@ def summarise(results: list[BenchResult], ppl_tolerance: float = 0.10, entropy_t
 def markdown_table(results: list[BenchResult], summary: dict, batch_size: int) -> str:
     speed = {row["name"]: row for row in summary["settings"]}
     lines = [
-        f"| setting | NFE/token | tokens/s (b=1) | latency s (b=1) | tokens/s (b={batch_size}) | "
+        f"| setting | NFE/token (b=1 / b={batch_size}) | tokens/s (b=1) | latency s (b=1) | tokens/s (b={batch_size}) | "
         f"latency s (b={batch_size}) | x AR (b=1) | x AR (b={batch_size}) | gen-PPL | entropy | distinct-2 | "
         "AR quality? |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
@@ -190,7 +190,8 @@ def markdown_table(results: list[BenchResult], summary: dict, batch_size: int) -
         vs_ar = (f"{s['speedup_batch1']:.2f} | {s['speedup_batch']:.2f}" if s else "1.00 | 1.00")
         verdict = ("yes" if s["meets_quality"] else "no") if s else "(baseline)"
         lines.append(
-            f"| {r.model}: {r.name} | {r.batch['nfe_per_token']:.3f} | {r.batch1['tokens_per_s']:.1f} | "
+            f"| {r.model}: {r.name} | {r.batch1['nfe_per_token']:.3f} / {r.batch['nfe_per_token']:.3f} | "
+            f"{r.batch1['tokens_per_s']:.1f} | "
             f"{r.batch1['latency_s']:.2f} | {r.batch['tokens_per_s']:.1f} | {r.batch['latency_s']:.2f} | {vs_ar} | "
             f"{r.gen_ppl:.1f} | {r.entropy:.2f} | {r.distinct2:.3f} | {verdict} |"
         )
@@ -225,8 +226,10 @@ def plot(results: list[dict], path, batch_size: int) -> None:
 
 def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", gen_length: int = 128,
                      num_samples: int = 32, batch_size: int = 16, batch1_samples: int = 4, prompt_tokens: int = 16,
-                     block_length: int = 32, seed: int = 0, quick: bool = False, log=print) -> dict:
-    """Run the grid of ``dlm bench sample``; returns the JSON report (results, summary, protocol)."""
+                     block_length: int = 32, seed: int = 0, quick: bool = False, only: str | None = None,
+                     log=print) -> dict:
+    """Run the grid of ``dlm bench sample`` (``only``: just the diffusion settings whose name contains it, and no AR
+    baseline); returns the JSON report (results, summary, protocol)."""
     import dlm
     from dlm.data.packing import load_packed
     from dlm.errors import DlmError
@@ -249,8 +252,9 @@ def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", ge
     prompt_texts = [tokenizer.decode(row[:prompt_tokens].tolist()) for row in val.batch(range(num_samples))]
     log(f"reference model: {reference}")
     ref = load_reference(reference)
-    runs = [(model, tokenizer, cfg, default_settings(gen_length, block_length, quick))]
-    if ar_run_dir is not None:
+    settings = [st for st in default_settings(gen_length, block_length, quick) if only is None or only in st.name]
+    runs = [(model, tokenizer, cfg, settings)]
+    if ar_run_dir is not None and only is None:
         ar_model, ar_tok, ar_cfg = dlm.load(ar_run_dir)
         if ar_cfg.train.objective != "ar":
             raise DlmError(f"--ar {ar_run_dir} is a {ar_cfg.train.objective} model, not an AR one")
@@ -266,15 +270,20 @@ def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", ge
                 f"at batch {batch_size}, NFE/token {r.batch['nfe_per_token']:.3f}, gen-PPL {r.gen_ppl:.1f}, "
                 f"entropy {r.entropy:.2f}")
             results.append(r)
+    return report(results, {
+        "run": str(run_dir), "ar_run": None if ar_run_dir is None else str(ar_run_dir), "reference": ref.name,
+        "gen_length": gen_length, "num_samples": num_samples, "batch_size": batch_size,
+        "batch1_samples": batch1_samples, "prompt_tokens": prompt_tokens, "block_length": block_length,
+        "seed": seed, "threads": torch.get_num_threads(),
+    })
+
+
+def report(results: list[BenchResult], protocol: dict) -> dict:
+    """The JSON report of a list of results: protocol, results, summary against the AR baseline, Markdown table."""
     summary = summarise(results)
     return {
-        "protocol": {
-            "run": str(run_dir), "ar_run": None if ar_run_dir is None else str(ar_run_dir), "reference": ref.name,
-            "gen_length": gen_length, "num_samples": num_samples, "batch_size": batch_size,
-            "batch1_samples": batch1_samples, "prompt_tokens": prompt_tokens, "block_length": block_length,
-            "seed": seed, "threads": torch.get_num_threads(),
-        },
+        "protocol": protocol,
         "results": [asdict(r) for r in results],
         "summary": summary,
-        "table": markdown_table(results, summary, batch_size),
+        "table": markdown_table(results, summary, protocol["batch_size"]),
     }

@@ -60,11 +60,11 @@ def ancestral_generate(
         else:
             alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
             p_reveal = (alpha_s - alpha_t) / (1.0 - alpha_t)
-            u = uniform(x.shape, generator=generator, device=x.device, starts=pads)
-            reveal = masked & (u < p_reveal)
-            draw = sample_categorical(log_p, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                                      starts=pads)
-            x_new = torch.where(reveal, draw, x)
+            reveal = masked & (uniform(x.shape, generator=generator, device=x.device, starts=pads) < p_reveal)
+            u = uniform(x.shape, generator=generator, device=x.device, starts=pads)  # the tokens' draws
+            x_new = x.clone()  # the categorical is computed only where a token is revealed
+            x_new[reveal] = sample_categorical(log_p[reveal], temperature=temperature, top_k=top_k, top_p=top_p,
+                                               u=u[reveal])
         if time_conditioned or not torch.equal(x_new, x):
             log_p = None  # the input changed (or t matters): call the model again next step
         x = x_new

@@ -67,13 +67,16 @@ def sample_categorical(
     generator: Generators = None,
     rows=None,
     starts=None,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw one token per position from softmax(logits / temperature) in float64 (argmax when temperature = 0):
-    the first token whose CDF exceeds u * total, u ~ U[0, 1), so a token of probability 0 is never drawn."""
+    the first token whose CDF exceeds u * total, u ~ U[0, 1), so a token of probability 0 is never drawn. Pass ``u``
+    (one uniform per position) to draw at a subset of positions with uniforms drawn for all of them."""
     logits = logits.double()
     if temperature == 0.0:
         return logits.argmax(-1)
     cdf = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1).cumsum(-1)  # (..., V)
-    u = uniform(logits.shape[:-1], generator=generator, device=logits.device, rows=rows, starts=starts)
+    if u is None:
+        u = uniform(logits.shape[:-1], generator=generator, device=logits.device, rows=rows, starts=starts)
     token = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
     return token.clamp_max(logits.shape[-1] - 1)
