@@ -4,7 +4,7 @@ and the table section of docs/INFERENCE.md.
 
     python bench/sample_speed.py                       # the models trained by bench/ar_vs_mdlm.py
     python bench/sample_speed.py --mdlm RUN --ar RUN   # any pair
-    python bench/sample_speed.py --only ancestral      # re-measure some settings into the committed results
+    python bench/sample_speed.py --only '^ar:|ancestral'   # re-measure some settings into the committed results
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--rerender", action="store_true", help="rebuild the table, plot and INFERENCE.md section from "
                    "docs/bench/sample_speed.json without measuring anything")
-    p.add_argument("--only", default=None, help="re-measure only the settings whose name contains this and replace "
-                   "them in docs/bench/sample_speed.json (the AR baseline and the other rows are kept)")
+    p.add_argument("--only", default=None, help="a regular expression: re-measure only the settings whose "
+                   "'objective: name' it matches and replace them in docs/bench/sample_speed.json")
     args = p.parse_args()
     if args.threads:
         import torch
@@ -56,12 +56,12 @@ def main() -> None:
         minutes = (time.time() - start) / 60
         if args.only:  # splice the re-measured rows into the committed results
             old = json.loads((DOCS / "bench" / "sample_speed.json").read_text())
-            fresh = {r["name"]: r for r in new["results"]}
-            rows = [fresh.get(r["name"], r) for r in old["results"]]
+            fresh = {(r["model"], r["name"]): r for r in new["results"]}
+            rows = [fresh.get((r["model"], r["name"]), r) for r in old["results"]]
             report = build_report([BenchResult(**r) for r in rows], old["protocol"])
             report["command"] = old["command"]
             report["remeasured"] = old.get("remeasured", []) + [
-                {"settings": sorted(fresh), "command": "python bench/sample_speed.py " + " ".join(sys.argv[1:]),
+                {"settings": [f"{m}: {n}" for m, n in fresh], "command": "python bench/sample_speed.py " + " ".join(sys.argv[1:]),
                  "machine": machine(), "minutes": minutes}]
             report["machine"], report["minutes"] = old["machine"], old["minutes"]
         else:

@@ -13,6 +13,7 @@ given their prompts under a reference LM, mean unigram entropy (nats) and distin
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -228,8 +229,8 @@ def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", ge
                      num_samples: int = 32, batch_size: int = 16, batch1_samples: int = 4, prompt_tokens: int = 16,
                      block_length: int = 32, seed: int = 0, quick: bool = False, only: str | None = None,
                      log=print) -> dict:
-    """Run the grid of ``dlm bench sample`` (``only``: just the diffusion settings whose name contains it, and no AR
-    baseline); returns the JSON report (results, summary, protocol)."""
+    """Run the grid of ``dlm bench sample`` (``only``: a regular expression; just the settings whose "objective: name"
+    it matches, e.g. ``^ar:|ancestral``); returns the JSON report (results, summary, protocol)."""
     import dlm
     from dlm.data.packing import load_packed
     from dlm.errors import DlmError
@@ -252,9 +253,12 @@ def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", ge
     prompt_texts = [tokenizer.decode(row[:prompt_tokens].tolist()) for row in val.batch(range(num_samples))]
     log(f"reference model: {reference}")
     ref = load_reference(reference)
-    settings = [st for st in default_settings(gen_length, block_length, quick) if only is None or only in st.name]
-    runs = [(model, tokenizer, cfg, settings)]
-    if ar_run_dir is not None and only is None:
+    def wanted(objective: str, setting: Setting) -> bool:
+        return only is None or re.search(only, f"{objective}: {setting.name}") is not None
+
+    runs = [(model, tokenizer, cfg, [st for st in default_settings(gen_length, block_length, quick)
+                                     if wanted(cfg.train.objective, st)])]
+    if ar_run_dir is not None and wanted("ar", Setting("T=1, KV cache", "ar")):
         ar_model, ar_tok, ar_cfg = dlm.load(ar_run_dir)
         if ar_cfg.train.objective != "ar":
             raise DlmError(f"--ar {ar_run_dir} is a {ar_cfg.train.objective} model, not an AR one")

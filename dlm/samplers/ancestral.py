@@ -61,10 +61,13 @@ def ancestral_generate(
             alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
             p_reveal = (alpha_s - alpha_t) / (1.0 - alpha_t)
             reveal = masked & (uniform(x.shape, generator=generator, device=x.device, starts=pads) < p_reveal)
-            u = uniform(x.shape, generator=generator, device=x.device, starts=pads)  # the tokens' draws
-            x_new = x.clone()  # the categorical is computed only where a token is revealed
-            x_new[reveal] = sample_categorical(log_p[reveal], temperature=temperature, top_k=top_k, top_p=top_p,
-                                               u=u[reveal])
+            x_new = x.clone()  # tokens are drawn only where one is revealed, row by row with per-row generators
+            draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+            if generator is None or isinstance(generator, torch.Generator):
+                x_new[reveal] = sample_categorical(log_p[reveal], generator=generator, **draw)
+            else:
+                for j, g in enumerate(generator):
+                    x_new[j, reveal[j]] = sample_categorical(log_p[j, reveal[j]], generator=g, **draw)
         if time_conditioned or not torch.equal(x_new, x):
             log_p = None  # the input changed (or t matters): call the model again next step
         x = x_new

@@ -1,9 +1,9 @@
 """Token draws in float64: uniforms, Gumbel noise, temperature, top-k and top-p.
 
 Float32 Gumbel-max caps the noise (u cannot get closer to 0 or 1 than float32 allows) and silently lowers the
-temperature; every sampler draws in float64 through these functions. ``sample_categorical`` inverts the float64
-CDF with one uniform per position (V times fewer random numbers than Gumbel-max: it matters when a whole canvas of
-an 8192-token vocabulary is drawn at every step); the confidence sampler keeps LLaDA's Gumbel-max.
+temperature; every sampler draws in float64 through these functions, by Gumbel-max. (Inverting the CDF would need
+V times fewer random numbers, but a float32 rounding difference in the logits moves every CDF boundary and flips
+the draw about V times more often than it flips a Gumbel-max, which breaks "same sample in any batch".)
 
 ``generator`` is one ``torch.Generator`` for the whole batch, or one per row. With one per row, row j draws its own
 numbers from ``generators[j]``, only while ``rows[j]`` is True and only for its columns from ``starts[j]`` on (where
@@ -67,16 +67,11 @@ def sample_categorical(
     generator: Generators = None,
     rows=None,
     starts=None,
-    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw one token per position from softmax(logits / temperature) in float64 (argmax when temperature = 0):
-    the first token whose CDF exceeds u * total, u ~ U[0, 1), so a token of probability 0 is never drawn. Pass ``u``
-    (one uniform per position) to draw at a subset of positions with uniforms drawn for all of them."""
+    """Draw one token per position from softmax(logits / temperature) in float64 (argmax when temperature = 0)."""
     logits = logits.double()
     if temperature == 0.0:
         return logits.argmax(-1)
-    cdf = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1).cumsum(-1)  # (..., V)
-    if u is None:
-        u = uniform(logits.shape[:-1], generator=generator, device=logits.device, rows=rows, starts=starts)
-    token = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
-    return token.clamp_max(logits.shape[-1] - 1)
+    logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+    noise = gumbel_noise(logits.shape, generator=generator, device=logits.device, rows=rows, starts=starts)
+    return (logits + noise).argmax(-1)
