@@ -101,6 +101,8 @@ def sedd_generate(
     for i in range(steps):
         t, s = times[i], times[i + 1]
         final = i == steps - 1
+        if graph == "absorb" and not (x == mask_id).any():
+            break  # nothing left to unmask
         # 2. ratios at (x, t)
         if logits is None:
             logits = model(x, t.float().expand(B), **kw)  # (B, L, V)
