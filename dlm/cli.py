@@ -29,8 +29,10 @@ DEMO_PROMPTS = [
 def train(
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
     objective: str = typer.Option(
-        "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), diffusion-lm (embeddings)."
+        "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
+        "diffusion-lm (embeddings)."
     ),
+    graph: str = typer.Option("absorb", help="sedd only: the noise graph, absorb (masking) or uniform."),
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
     seed: int = typer.Option(0, help="Seed of the initialisation, data order and noise."),
@@ -62,6 +64,7 @@ def train(
     cfg = preset_config(preset)
     schedule = schedule or OBJECTIVES.get(objective).default_schedule
     cfg.train.objective, cfg.train.max_steps, cfg.train.seed = objective, max_steps, seed
+    cfg.train.graph = graph
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
     cfg.data.name, cfg.data.tokenizer = data, tokenizer
@@ -96,8 +99,8 @@ def eval_(
     objective = OBJECTIVES.get(cfg.train.objective)
     _, _, val = load_packed(cfg.data, tokenizer)
     report = evaluate(
-        model, objective, val, tokenizer, schedule=cfg.train.schedule, num_samples=num_samples, seed=seed,
-        max_sequences=max_sequences, batch_size=batch_size,
+        model, objective, val, tokenizer, schedule=cfg.train.schedule, graph=cfg.train.graph,
+        num_samples=num_samples, seed=seed, max_sequences=max_sequences, batch_size=batch_size,
     )
     if json_:
         typer.echo(json.dumps(report, indent=2))
@@ -127,7 +130,8 @@ def sample(
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: gen-length; ignored by ar)."),
     block_length: Optional[int] = typer.Option(None, "--block-length", help="Confidence sampler block (default: gen-length)."),
     sampler: Optional[str] = typer.Option(
-        None, help="ar, ancestral, confidence; embed-ddpm, embed-ddim, ... (diffusion-lm). Default: the model's own."
+        None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); embed-ddpm, embed-ddim, ... "
+        "(diffusion-lm). Default: the model's own."
     ),
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
@@ -219,6 +223,7 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
     out = run(
         model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
         prompt_mask=mask, time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
+        graph=cfg.train.graph, vocab_size=cfg.model.vocab_size,
     )
     if history:
         typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")

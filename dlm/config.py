@@ -44,6 +44,7 @@ class ModelConfig:
 class TrainConfig:
     objective: str = "mdlm"  # see dlm.objectives.OBJECTIVES
     schedule: str = "loglinear"  # alpha(t), see dlm.noise.SCHEDULES (diffusion objectives only)
+    graph: str = "absorb"  # sedd only: absorb or uniform, see dlm.objectives.GRAPHS
     max_steps: int = 1000
     batch_size: int = 16  # sequences per device per micro-step
     grad_accum: int = 1
@@ -105,6 +106,8 @@ class RunConfig:
             raise DlmError(f"train.ema must be in [0, 1) (0 = off), got {self.train.ema}")
         if self.train.objective == "ar" and m.time_conditioning:
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
+        if self.train.graph != "absorb" and self.train.objective != "sedd":
+            raise DlmError(f"--graph {self.train.graph} applies to --objective sedd only (got {self.train.objective})")
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self

@@ -26,6 +26,7 @@ def evaluate(
     tokenizer: Tokenizer,
     *,
     schedule: str = "loglinear",
+    graph: str = "absorb",
     num_samples: int = 4,
     seed: int = 0,
     max_sequences: int | None = None,
@@ -34,7 +35,8 @@ def evaluate(
     autocast=nullcontext,
 ) -> dict:
     """The report of ``dlm eval`` over the first ``max_sequences`` sequences (all by default): nats_per_token,
-    ppl, bits_per_byte, tokens, mc_draws, is_bound. Batches are shared out over the processes of a DDP run."""
+    ppl, bits_per_byte, tokens, mc_draws, is_bound. Batches are shared out over the processes of a DDP run.
+    ``graph`` is the SEDD graph (other objectives ignore it)."""
     info = dist_info or DistInfo()
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     was_training = getattr(model, "training", False)
@@ -49,7 +51,7 @@ def evaluate(
         with autocast():
             nll = objective.sequence_nll(
                 model, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=schedule,
-                num_samples=num_samples, generator=generator,
+                num_samples=num_samples, generator=generator, graph=graph, vocab_size=tokenizer.vocab_size,
             )  # (B,) nats per sequence
         total += nll.double().sum()
     total = all_reduce_sum(total, info).item()

@@ -3,6 +3,7 @@
 from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
 from dlm.noise.masked import mask_tokens
 from dlm.noise.schedules import SCHEDULES, Schedule, get_schedule, sample_times
+from dlm.noise.uniform import uniform_tokens
 
 __all__ = [
     "SCHEDULES",
@@ -10,6 +11,7 @@ __all__ = [
     "get_schedule",
     "sample_times",
     "mask_tokens",
+    "uniform_tokens",
     "GAUSSIAN_SCHEDULES",
     "GaussianSchedule",
     "get_gaussian_schedule",

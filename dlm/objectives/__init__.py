@@ -19,6 +19,14 @@ from dlm.objectives.gaussian import (
     x0_loss_factor,
 )
 from dlm.objectives.masked import masked_nelbo, mdlm_loss, mdlm_sequence_nll, subs_log_probs
+from dlm.objectives.score_entropy import (
+    GRAPHS,
+    configure_sedd,
+    log_ratios,
+    score_entropy_nelbo,
+    sedd_loss,
+    sedd_sequence_nll,
+)
 from dlm.registry import Registry
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
@@ -37,6 +45,13 @@ OBJECTIVES.register(
         "diffusion-lm", diffusion_lm_loss, diffusion_lm_sequence_nll, causal=False, is_bound=True,
         samplers=("embed-ddpm", "embed-ddim", "embed-dpmpp-2m"),
         default_schedule="vp-sqrt", configure=configure_diffusion_lm,
+    ),
+)
+OBJECTIVES.register(
+    "sedd",
+    Objective(
+        "sedd", sedd_loss, sedd_sequence_nll, causal=False, is_bound=True, samplers=("sedd-analytic", "sedd-euler"),
+        configure=configure_sedd,
     ),
 )
 
@@ -62,4 +77,9 @@ __all__ = [
     "consistency_distillation_loss",
     "diffusion_lm_loss",
     "diffusion_lm_nelbo",
+    "GRAPHS",
+    "log_ratios",
+    "score_entropy_nelbo",
+    "sedd_loss",
+    "sedd_sequence_nll",
 ]

@@ -18,9 +18,10 @@ class LossOutput:
 class Objective:
     """An objective as the trainer, evaluator and CLI see it.
 
-    ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic) -> LossOutput`` trains;
-    ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator) -> Tensor[B]`` evaluates
-    (nats per sequence: exact for AR, an upper bound for diffusion).
+    ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic, graph, vocab_size) -> LossOutput`` trains;
+    ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator, graph, vocab_size) -> Tensor[B]``
+    evaluates (nats per sequence: exact for AR, an upper bound for diffusion). Both take ``**_`` for the keywords
+    they do not use (``graph``, the SEDD graph, and ``vocab_size`` serve SEDD).
     """
 
     name: str

@@ -15,6 +15,7 @@ from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import CACHES, REMASKING, confidence_generate, num_transfer_tokens
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
 from dlm.samplers.ode import ODE_SAMPLERS, guided, time_grid
+from dlm.samplers.score_entropy import sedd_analytic, sedd_euler, sedd_generate
 
 
 @dataclass
@@ -33,8 +34,8 @@ class SampleConfig:
     schedule: str = "loglinear"
 
 
-# Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, prompt_mask, generator, history)
-# -> tokens
+# Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, prompt_mask, generator, history,
+# graph, vocab_size) -> tokens
 SAMPLERS: Registry = Registry("sampler")
 
 
@@ -100,6 +101,28 @@ for _name in ("ddpm", "ddim", "dpmpp-2m"):
     SAMPLERS.register(f"embed-{_name}", _embedding_sampler(_name))
 
 
+def _sedd_sampler(method: str):
+    """SEDD (``--objective sedd``): ``method`` steps on the learned ratios, then the denoising step."""
+
+    def run(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, time_conditioned, prompt_mask, generator, history,
+            graph="absorb", vocab_size=None, **_):
+        if cfg.temperature != 1.0 or cfg.top_k or cfg.top_p < 1.0:
+            raise DlmError("the sedd samplers draw from the reverse process as it is: --temperature, --top-k and "
+                           "--top-p do not apply to them")
+        return sedd_generate(
+            model, prompt, graph=graph, method=method, mask_id=mask_id, vocab_size=vocab_size,
+            gen_length=cfg.gen_length, steps=cfg.steps, schedule=cfg.schedule, time_conditioned=time_conditioned,
+            prompt_mask=prompt_mask, eos_id=eos_id if cfg.stop_at_eos else None, generator=generator,
+            history=history,
+        )[0]
+
+    return run
+
+
+SAMPLERS.register("sedd-analytic", _sedd_sampler("analytic"))
+SAMPLERS.register("sedd-euler", _sedd_sampler("euler"))
+
+
 __all__ = [
     "CACHES",
     "SAMPLERS",
@@ -118,4 +141,7 @@ __all__ = [
     "diffusion_lm_generate",
     "clamp_to_embeddings",
     "nearest_tokens",
+    "sedd_generate",
+    "sedd_euler",
+    "sedd_analytic",
 ]
