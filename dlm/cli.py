@@ -30,7 +30,10 @@ def train(
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
     objective: str = typer.Option(
         "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
-        "diffusion-lm (embeddings)."
+        "diffusion-lm (embeddings), bd3lm (block diffusion)."
+    ),
+    block_size: Optional[int] = typer.Option(
+        None, "--block-size", help="bd3lm: tokens per block, a divisor of the sequence length (default 16)."
     ),
     graph: str = typer.Option("absorb", help="sedd only: the noise graph, absorb (masking) or uniform."),
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
@@ -72,6 +75,8 @@ def train(
         cfg.train.batch_size = batch_size
     if lr is not None:
         cfg.train.lr = lr
+    if block_size is not None:
+        cfg.train.block_size = block_size
     apply_overrides(cfg, set_ or [])
     if max_steps <= 0:
         raise DlmError("--max-steps must be positive")
@@ -101,6 +106,7 @@ def eval_(
     report = evaluate(
         model, objective, val, tokenizer, schedule=cfg.train.schedule, graph=cfg.train.graph,
         num_samples=num_samples, seed=seed, max_sequences=max_sequences, batch_size=batch_size,
+        options=objective.kwargs_from(cfg),
     )
     if json_:
         typer.echo(json.dumps(report, indent=2))
@@ -128,10 +134,13 @@ def sample(
         64, "--gen-length", "--max-new-tokens", help="Tokens to generate (fewer when a sample ends at EOS)."
     ),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: gen-length; ignored by ar)."),
-    block_length: Optional[int] = typer.Option(None, "--block-length", help="Confidence sampler block (default: gen-length)."),
+    block_length: Optional[int] = typer.Option(
+        None, "--block-length",
+        help="Confidence sampler block (default: gen-length); block sampler: the model's block size.",
+    ),
     sampler: Optional[str] = typer.Option(
         None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); embed-ddpm, embed-ddim, ... "
-        "(diffusion-lm). Default: the model's own."
+        "(diffusion-lm); block (bd3lm). Default: the model's own."
     ),
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
@@ -224,6 +233,7 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
         model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
         prompt_mask=mask, time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
         graph=cfg.train.graph, vocab_size=cfg.model.vocab_size,
+        block_size=cfg.train.block_size,
     )
     if history:
         typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")

@@ -66,6 +66,9 @@ class TrainConfig:
     eval_sequences: int = 64  # validation sequences per periodic evaluation
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
     time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    block_size: int = 16  # bd3lm: tokens per block (must divide data.seq_len)
+    clip_beta: float = 0.3  # bd3lm: training draws each block's t from U[clip_beta, clip_omega] (eval: U[eps, 1])
+    clip_omega: float = 0.8
 
 
 @dataclass

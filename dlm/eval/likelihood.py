@@ -33,10 +33,12 @@ def evaluate(
     batch_size: int = 16,
     dist_info: DistInfo | None = None,
     autocast=nullcontext,
+    options: dict | None = None,
 ) -> dict:
     """The report of ``dlm eval`` over the first ``max_sequences`` sequences (all by default): nats_per_token,
     ppl, bits_per_byte, tokens, mc_draws, is_bound. Batches are shared out over the processes of a DDP run.
-    ``graph`` is the SEDD graph (other objectives ignore it)."""
+    ``graph`` is the SEDD graph (other objectives ignore it); ``options``: extra keyword arguments of
+    ``objective.sequence_nll`` (``objective.kwargs_from(run_config)``)."""
     info = dist_info or DistInfo()
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     was_training = getattr(model, "training", False)
@@ -52,6 +54,7 @@ def evaluate(
             nll = objective.sequence_nll(
                 model, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=schedule,
                 num_samples=num_samples, generator=generator, graph=graph, vocab_size=tokenizer.vocab_size,
+                **(options or {}),
             )  # (B,) nats per sequence
         total += nll.double().sum()
     total = all_reduce_sum(total, info).item()

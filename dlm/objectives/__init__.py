@@ -2,6 +2,15 @@
 
 from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective
+from dlm.objectives.block import (
+    bd3_attention_mask,
+    bd3lm_loss,
+    bd3lm_options,
+    bd3lm_sequence_nll,
+    block_causal_mask,
+    block_nelbo,
+    configure_bd3lm,
+)
 from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
 from dlm.objectives.embedding import (
     configure_diffusion_lm,
@@ -54,6 +63,13 @@ OBJECTIVES.register(
         configure=configure_sedd,
     ),
 )
+OBJECTIVES.register(
+    "bd3lm",
+    Objective(
+        "bd3lm", bd3lm_loss, bd3lm_sequence_nll, causal=False, is_bound=True, samplers=("block",),
+        configure=configure_bd3lm, options=bd3lm_options,
+    ),
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -82,4 +98,9 @@ __all__ = [
     "score_entropy_nelbo",
     "sedd_loss",
     "sedd_sequence_nll",
+    "bd3_attention_mask",
+    "block_causal_mask",
+    "block_nelbo",
+    "bd3lm_loss",
+    "bd3lm_sequence_nll",
 ]

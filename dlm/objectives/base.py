@@ -21,7 +21,8 @@ class Objective:
     ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic, graph, vocab_size) -> LossOutput`` trains;
     ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator, graph, vocab_size) -> Tensor[B]``
     evaluates (nats per sequence: exact for AR, an upper bound for diffusion). Both take ``**_`` for the keywords
-    they do not use (``graph``, the SEDD graph, and ``vocab_size`` serve SEDD).
+    they do not use (``graph``, the SEDD graph, and ``vocab_size`` serve SEDD), and ``kwargs_from(run_config)``,
+    the objective's own settings (bd3lm: ``block_size``, ``clip``).
     """
 
     name: str
@@ -32,3 +33,8 @@ class Objective:
     samplers: tuple[str, ...]  # samplers that apply; the first is the default
     default_schedule: str = "loglinear"  # train.schedule when --schedule is not given
     configure: Callable[..., None] | None = None  # fits a RunConfig to the objective before the model is built
+    options: Callable[..., dict] | None = None  # RunConfig -> extra keyword arguments of loss and sequence_nll
+
+    def kwargs_from(self, cfg) -> dict:
+        """The extra keyword arguments that ``cfg`` (a RunConfig) gives ``loss`` and ``sequence_nll``."""
+        return {} if self.options is None else self.options(cfg)

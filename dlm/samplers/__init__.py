@@ -11,6 +11,7 @@ from dlm.registry import Registry
 from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
 from dlm.samplers.batching import left_pad
+from dlm.samplers.block import block_generate, num_blocks_to_generate
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import CACHES, REMASKING, confidence_generate, num_transfer_tokens
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
@@ -22,7 +23,7 @@ from dlm.samplers.score_entropy import sedd_analytic, sedd_euler, sedd_generate
 class SampleConfig:
     gen_length: int = 64
     steps: int = 64  # denoising steps (diffusion samplers; ignored by ar)
-    block_length: int | None = None  # confidence sampler blocks (None = one block)
+    block_length: int | None = None  # confidence sampler blocks (None = one block); block sampler: its block size
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -35,7 +36,8 @@ class SampleConfig:
 
 
 # Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, prompt_mask, generator, history,
-# graph, vocab_size) -> tokens
+# graph, vocab_size, block_size) -> tokens; block_size is the model's training block size (bd3lm), None for
+# other models
 SAMPLERS: Registry = Registry("sampler")
 
 
@@ -69,6 +71,34 @@ def _run_confidence(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, time_c
         schedule=cfg.schedule if time_conditioned else None,
         generator=generator, history=history,
     )
+
+
+@SAMPLERS.register("block")
+def _run_block(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, prompt_mask, generator, history,
+               block_size=None, **_):
+    """BD3-LM: blocks of ``cfg.block_length`` (default: the model's own), an exact KV cache, ``cfg.steps`` spread
+    over the blocks to generate (at least one step each). Left-padded prompts run row by row, unpadded."""
+    size = cfg.block_length or block_size
+    if not size:
+        raise DlmError("the block sampler needs a block size: pass --block-length (a bd3lm model's is the default)")
+
+    def generate(p, g, hist):
+        blocks = num_blocks_to_generate(p.shape[1], cfg.gen_length, size)
+        return block_generate(
+            model, p, mask_id=mask_id, block_size=size, gen_length=cfg.gen_length,
+            steps_per_block=max(1, -(-cfg.steps // blocks)), schedule=cfg.schedule, temperature=cfg.temperature,
+            top_k=cfg.top_k, top_p=cfg.top_p, eos_id=eos_id if cfg.stop_at_eos else None, generator=g, history=hist,
+        )[0]
+
+    if prompt_mask is None or bool(prompt_mask.all()):
+        return generate(prompt, generator, history)
+    rows = []  # row by row on its unpadded prompt (its blocks start at its own position 0), padded back on the left
+    for j in range(prompt.shape[0]):
+        real = prompt_mask[j]
+        g = generator if generator is None or isinstance(generator, torch.Generator) else generator[j]
+        out = generate(prompt[j : j + 1, real], g, history if j == 0 else None)
+        rows.append(torch.cat([prompt[j : j + 1, ~real], out], dim=1))
+    return torch.cat(rows)
 
 
 def _embedding_sampler(ode_sampler: str):
@@ -132,6 +162,7 @@ __all__ = [
     "ar_generate",
     "ancestral_generate",
     "confidence_generate",
+    "block_generate",
     "num_transfer_tokens",
     "gumbel_noise",
     "sample_categorical",

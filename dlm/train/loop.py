@@ -179,7 +179,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         val = evaluate(
             ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule, graph=tc.graph,
             num_samples=1, seed=tc.seed, max_sequences=tc.eval_sequences, batch_size=tc.batch_size,
-            dist_info=info, autocast=autocast,
+            dist_info=info, autocast=autocast, options=objective.kwargs_from(cfg),
         )["nats_per_token"]
         log.write({"step": step, "val_nats_per_token": val})
         return val
@@ -209,6 +209,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                     out = objective.loss(
                         forward, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=tc.schedule,
                         generator=generator, antithetic=tc.antithetic, graph=tc.graph, vocab_size=cfg.model.vocab_size,
+                        **objective.kwargs_from(cfg),
                     )
                 (out.loss / tc.grad_accum).backward()
             step_loss += out.loss.item() / tc.grad_accum

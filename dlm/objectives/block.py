@@ -1,0 +1,153 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025): masked diffusion inside blocks, autoregressive across them.
+
+The sequence x0 of length L is cut into B = L / k blocks of k tokens. For one sequence (BD3-LM eq. 8):
+
+    -log p(x0) <= NELBO(x0)
+               = sum_b E_{t_b ~ U(0,1)} [ w(t_b) sum_{l in block b : xt^l = m} -log p_theta(x0^l | xt^b, x0^{<b}) ]
+
+with w(t) = -alpha'(t) / (1 - alpha(t)), tight when p_theta is the data's exact conditional. k = L is masked
+diffusion (MDLM); k = 1 is an autoregressive model (in expectation over t).
+
+One pass for every block: the model reads xt concatenated with x0 (length 2L) under ``bd3_attention_mask``: an xt
+token of block b sees the xt tokens of block b (both ways) and the x0 tokens of blocks < b; an x0 token of block b
+sees the x0 tokens of blocks <= b. Both halves use RoPE positions 0..L-1; the logits of the first L positions are
+p_theta(. | xt^b, x0^{<b}). SUBS as in ``masked``: no mass on the mask token, unmasked positions cost nothing.
+
+Times: one t per block. Training draws them from the clipped range U[beta, omega] (``clip``, default [0.3, 0.8]),
+which cuts the variance of the loss but is no longer a bound; evaluation (``sequence_nll``) always uses U[t_min, 1].
+No time conditioning: the model is not told the blocks' noise levels (SUBS infers them from the masks, as MDLM's
+default does); ``configure_bd3lm`` rejects ``model.time_conditioning``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dlm.errors import DlmError
+from dlm.noise.block import mask_blocks, sample_block_times
+from dlm.noise.schedules import Schedule, get_schedule
+from dlm.objectives.base import LossOutput
+from dlm.objectives.masked import subs_log_probs
+
+DEFAULT_CLIP = (0.3, 0.8)  # BD3-LM's [beta, omega] for training
+
+
+def block_causal_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    """bool [length, length]: token i sees token j iff block(j) <= block(i) (True = attend)."""
+    block = torch.arange(length, device=device) // block_size
+    return block[:, None] >= block[None, :]
+
+
+def bd3_attention_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    """bool [2L, 2L] for the input [xt, x0]: rows and columns 0..L-1 are xt, L..2L-1 are x0 (True = attend)."""
+    block = torch.arange(length, device=device) // block_size
+    same = block[:, None] == block[None, :]  # (L, L)
+    earlier = block[:, None] > block[None, :]
+    xt_rows = torch.cat([same, earlier], dim=1)  # xt of block b: xt of block b, x0 of blocks < b
+    x0_rows = torch.cat([torch.zeros_like(same), same | earlier], dim=1)  # x0 of block b: x0 of blocks <= b
+    return torch.cat([xt_rows, x0_rows], dim=0)
+
+
+def check_block_size(length: int, block_size: int) -> int:
+    """The number of blocks; a one-line error when ``block_size`` does not cut ``length`` into whole blocks."""
+    if block_size <= 0 or length % block_size:
+        raise DlmError(f"block size {block_size} must be positive and divide the sequence length {length}")
+    return length // block_size
+
+
+def _block_draw(model, x0, t, block_size: int, schedule: Schedule, mask_id: int, generator):
+    """One Monte Carlo draw at block times t [B, L/k]: (per-sequence weighted NLL [B], fraction masked)."""
+    B, L = x0.shape
+    # 1. corrupt: each token of block b masked w.p. 1 - alpha(t_b)
+    xt, masked = mask_blocks(x0, t, block_size, schedule, mask_id, generator)  # (B, L), (B, L)
+    # 2. one pass over [xt, x0] with the block-diffusion mask; RoPE positions 0..L-1 in both halves
+    positions = torch.arange(L, device=x0.device).repeat(2)  # (2L,)
+    attn_mask = bd3_attention_mask(L, block_size, device=x0.device)  # (2L, 2L)
+    logits = model(torch.cat([xt, x0], dim=1), None, attn_mask=attn_mask, positions=positions)[:, :L]  # (B, L, V)
+    log_p = subs_log_probs(logits, mask_id)
+    nll = -log_p.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
+    # 3. each block's masked cross-entropy weighted by w(t_b)
+    nll = torch.where(masked, nll, torch.zeros_like(nll))  # unmasked positions are carried over: no cost
+    per_block = nll.view(B, -1, block_size).sum(-1)  # (B, L/k)
+    return (schedule.weight(t) * per_block).sum(-1), masked.float().mean()
+
+
+def block_nelbo(
+    model,
+    x0: torch.Tensor,
+    *,
+    block_size: int,
+    mask_id: int,
+    schedule: str | Schedule = "loglinear",
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    antithetic: bool = True,
+    t_range: tuple[float, float] = (1e-3, 1.0),
+) -> torch.Tensor:
+    """Per-sequence block-diffusion NELBO in nats, [B]: the mean of ``num_samples`` draws of the block times.
+
+    ``model(x: LongTensor[B, 2L], t=None, *, attn_mask: bool[2L, 2L], positions: LongTensor[2L]) -> logits
+    [B, 2L, V]`` can be any callable. The times of all B * num_samples * (L / k) blocks are drawn together
+    (antithetic across them) in ``t_range``; the default [t_min, 1] omits O(t_min) nats per sequence, as
+    ``masked_nelbo`` does. With block_size = L, the draws (times, then one uniform per position) are those of
+    ``masked_nelbo`` for the same generator, and so is the value for a model that sees xt alone.
+    """
+    if num_samples < 1:
+        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
+    schedule = get_schedule(schedule)
+    B, L = x0.shape
+    num_blocks = check_block_size(L, block_size)
+    t_all = sample_block_times(
+        num_samples * B, num_blocks, generator=generator, antithetic=antithetic, t_range=t_range, device=x0.device
+    ).view(num_samples, B, num_blocks)  # [s]: the s-th draw of every sequence's block times
+    total = torch.zeros(B, device=x0.device)
+    for s in range(num_samples):
+        total = total + _block_draw(model, x0, t_all[s], block_size, schedule, mask_id, generator)[0]
+    return total / num_samples
+
+
+def bd3lm_loss(
+    model,
+    x0: torch.Tensor,
+    *,
+    mask_id: int,
+    block_size: int,
+    schedule: str | Schedule = "loglinear",
+    generator: torch.Generator | None = None,
+    antithetic: bool = True,
+    clip: tuple[float, float] = DEFAULT_CLIP,
+    **_,
+) -> LossOutput:
+    """Training loss: one draw per sequence with block times in the clipped range ``clip`` = [beta, omega], in
+    nats per token."""
+    schedule = get_schedule(schedule)
+    B, L = x0.shape
+    t = sample_block_times(B, check_block_size(L, block_size), generator=generator, antithetic=antithetic,
+                           t_range=clip, device=x0.device)  # (B, L/k)
+    nelbo, masked_frac = _block_draw(model, x0, t, block_size, schedule, mask_id, generator)
+    return LossOutput(loss=nelbo.mean() / L, metrics={"masked_frac": masked_frac.item()})
+
+
+def bd3lm_sequence_nll(model, x0, *, mask_id: int, block_size: int, schedule="loglinear", num_samples=1,
+                       generator=None, **_) -> torch.Tensor:
+    """The bound for ``dlm eval``: block times from U[t_min, 1], never clipped."""
+    return block_nelbo(model, x0, block_size=block_size, mask_id=mask_id, schedule=schedule,
+                       num_samples=num_samples, generator=generator)
+
+
+def bd3lm_options(cfg) -> dict:
+    """Keyword arguments of ``bd3lm_loss`` / ``bd3lm_sequence_nll`` from a ``RunConfig``."""
+    return {"block_size": cfg.train.block_size, "clip": (cfg.train.clip_beta, cfg.train.clip_omega)}
+
+
+def configure_bd3lm(cfg) -> None:
+    """Check a ``RunConfig`` for BD3-LM before anything is built (one-line errors)."""
+    tc = cfg.train
+    if tc.block_size <= 0 or cfg.data.seq_len % tc.block_size:
+        raise DlmError(f"--block-size {tc.block_size} must be positive and divide data.seq_len {cfg.data.seq_len}; "
+                       f"e.g. --block-size 4, 8 or 16")
+    if not 0.0 <= tc.clip_beta < tc.clip_omega <= 1.0:
+        raise DlmError(f"the clipped schedule needs 0 <= train.clip_beta < train.clip_omega <= 1, got "
+                       f"[{tc.clip_beta}, {tc.clip_omega}]")
+    if cfg.model.time_conditioning:
+        raise DlmError("bd3lm models take no time (SUBS): drop model.time_conditioning")

@@ -1,0 +1,202 @@
+"""Block diffusion (BD3-LM): the 2L attention mask, the block NELBO (tight, and MDLM's at block size L), the clipped
+training times, the block sampler with its exact KV cache, and the CLI end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dlm.config import ModelConfig
+from dlm.errors import DlmError
+from dlm.models.transformer import Transformer
+from dlm.noise.block import sample_block_times
+from dlm.objectives import (
+    OBJECTIVES,
+    bd3_attention_mask,
+    bd3lm_loss,
+    bd3lm_sequence_nll,
+    block_causal_mask,
+    block_nelbo,
+    masked_nelbo,
+)
+from dlm.samplers import SAMPLERS, SampleConfig, block_generate, left_pad
+from toy import ToyDistribution
+
+
+def dlm(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def tiny_transformer(seed=0, vocab=32):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # sharper than the 0.02 init, so that draws depend on the context
+        model.head.weight.mul_(20.0)
+    return model
+
+
+def exact_bd3(toy: ToyDistribution, block_size: int):
+    """The exact block-diffusion model of the toy: at an xt position of block b, p(x0^l | xt^b, x0^{<b})."""
+    L = toy.L
+
+    def model(x, t=None, *, attn_mask, positions):
+        assert t is None and torch.equal(attn_mask, bd3_attention_mask(L, block_size))
+        assert torch.equal(positions, torch.arange(L).repeat(2))
+        xt, x0 = x[:, :L], x[:, L:]
+        logits = torch.zeros(x.shape[0], 2 * L, toy.vocab)  # the x0 half's logits are never read
+        for start in range(0, L, block_size):
+            end = start + block_size
+            canvas = torch.cat([x0[:, :start], xt[:, start:end], torch.full_like(x0[:, end:], toy.mask_id)], 1)
+            logits[:, start:end] = toy.denoiser(canvas)[:, start:end]
+        return logits
+
+    return model
+
+
+def test_attention_masks_are_the_hand_written_matrices():
+    # L = 4, k = 2; rows/columns: xt0 xt1 xt2 xt3 | x00 x01 x02 x03
+    expected = torch.tensor([
+        [1, 1, 0, 0, 0, 0, 0, 0],  # xt of block 0: its own block only
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],  # xt of block 1: its own block and clean block 0
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],  # x0 of block 0: clean block 0
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 1, 1],  # x0 of block 1: clean blocks 0 and 1
+        [0, 0, 0, 0, 1, 1, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(bd3_attention_mask(4, 2), expected)
+    assert torch.equal(block_causal_mask(4, 2), expected[4:, 4:])
+    assert torch.equal(bd3_attention_mask(3, 3)[:3], torch.tensor([[1, 1, 1, 0, 0, 0]] * 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+def test_block_size_L_is_the_masked_nelbo_on_the_same_draws(schedule):
+    """k = L: the same generator gives the same times and masks as masked_nelbo (times first, then one uniform per
+    position, per draw), and a Transformer's xt half sees xt alone, so the bounds agree."""
+    model = tiny_transformer()
+    x0 = torch.randint(0, 31, (4, 8), generator=torch.Generator().manual_seed(1))
+    kw = dict(mask_id=31, schedule=schedule, num_samples=3)
+    mdlm = masked_nelbo(model, x0, generator=torch.Generator().manual_seed(2), **kw)
+    bd3 = block_nelbo(model, x0, block_size=8, generator=torch.Generator().manual_seed(2), **kw)
+    torch.testing.assert_close(bd3, mdlm, rtol=1e-5, atol=1e-5)
+    toy = ToyDistribution(V=3, L=4)  # and exactly, for the toy's exact model
+    x0 = toy.seqs
+    mdlm = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(3))
+    bd3 = block_nelbo(exact_bd3(toy, 4), x0, block_size=4, mask_id=toy.mask_id,
+                      generator=torch.Generator().manual_seed(3))
+    assert torch.equal(bd3, mdlm)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_block_nelbo_is_tight_for_the_exact_model(block_size):
+    """With the exact conditionals p(x0^l | xt^b, x0^{<b}) the bound equals -log p(x0) within Monte Carlo error."""
+    toy = ToyDistribution(V=2, L=4, seed=5)
+    R = 4000  # draws per sequence: one per row of the repeated batch
+    x0 = toy.seqs.repeat(R, 1)  # (16 R, 4)
+    draws = block_nelbo(exact_bd3(toy, block_size), x0, block_size=block_size, mask_id=toy.mask_id,
+                        generator=torch.Generator().manual_seed(0)).double().view(R, -1)  # (R, 16)
+    mean, stderr = draws.mean(0), draws.std(0) / R**0.5
+    truth = toy.nll(toy.seqs)
+    assert torch.all((mean - truth).abs() < 4 * stderr + 0.01), ((mean - truth) / stderr).abs().max()
+    pooled_err = (mean - truth).mean().abs()
+    assert pooled_err < 4 * (stderr**2).mean().sqrt() / len(truth) ** 0.5 + 0.005
+
+
+def test_training_clips_the_block_times_and_eval_does_not():
+    t = sample_block_times(8, 4, generator=torch.Generator().manual_seed(0), t_range=(0.3, 0.8))
+    assert t.shape == (8, 4) and t.min() >= 0.3 and t.max() <= 0.8
+    assert torch.allclose(t.flatten().sort().values.diff(), torch.full((31,), 0.5 / 32))  # antithetic: stratified
+    toy = ToyDistribution(V=3, L=4)
+    model, x0 = exact_bd3(toy, 2), toy.seqs
+    loss = bd3lm_loss(model, x0, mask_id=toy.mask_id, block_size=2, generator=torch.Generator().manual_seed(4)).loss
+    clipped = block_nelbo(model, x0, block_size=2, mask_id=toy.mask_id, t_range=(0.3, 0.8),
+                          generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loss, clipped.mean() / 4)
+    nll = bd3lm_sequence_nll(model, x0, mask_id=toy.mask_id, block_size=2, clip=(0.3, 0.8),
+                             generator=torch.Generator().manual_seed(4))
+    bound = block_nelbo(model, x0, block_size=2, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(nll, bound)
+    with pytest.raises(DlmError, match="block size 3 must be positive and divide the sequence length 4"):
+        block_nelbo(model, x0, block_size=3, mask_id=toy.mask_id)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("prompt_len", [0, 3, 4])
+def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len):
+    model = tiny_transformer(seed)
+    prompt = torch.randint(0, 30, (3, prompt_len), generator=torch.Generator().manual_seed(10 + seed))
+    kw = dict(mask_id=31, block_size=4, gen_length=10, steps_per_block=3, temperature=1.0)
+    cached, nfe_cached = block_generate(model, prompt, use_cache=True, generator=torch.Generator().manual_seed(seed),
+                                        **kw)
+    plain, nfe_plain = block_generate(model, prompt, use_cache=False, generator=torch.Generator().manual_seed(seed),
+                                      **kw)
+    assert torch.equal(cached, plain)
+    assert cached.shape == (3, prompt_len + 10) and torch.equal(cached[:, :prompt_len], prompt)
+    assert not (cached == 31).any()
+    blocks = -(-(prompt_len + 10) // 4) - prompt_len // 4
+    # the cache costs one call per finished block (the prompt's whole blocks: one call)
+    assert nfe_cached == nfe_plain + (blocks - 1) + (prompt_len >= 4)
+
+
+def test_block_sampler_with_the_exact_model_draws_the_data_distribution():
+    """Blocks in turn, each by the reverse process: exact up to the tokens of a block revealed at the same step
+    (drawn independently), about 1 / steps_per_block of the samples."""
+    toy = ToyDistribution(V=2, L=4, seed=3)
+
+    def model(x, t=None, *, attn_mask):  # [clean blocks, noisy block]: the toy's exact conditionals
+        assert torch.equal(attn_mask, block_causal_mask(x.shape[1], 2))
+        canvas = torch.cat([x, torch.full((x.shape[0], toy.L - x.shape[1]), toy.mask_id)], 1)
+        return toy.denoiser(canvas)[:, : x.shape[1]]
+
+    N = 6000
+    out, _ = block_generate(model, torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, block_size=2,
+                            gen_length=4, steps_per_block=100, use_cache=False,
+                            generator=torch.Generator().manual_seed(0))
+    freq = (out[:, None] == toy.seqs[None]).all(-1).double().mean(0)  # (16,)
+    assert torch.all((freq - toy.p).abs() < 4 * (toy.p * (1 - toy.p) / N).sqrt() + 1e-3)
+
+
+def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_samples():
+    objective = OBJECTIVES.get("bd3lm")
+    assert objective.is_bound and not objective.causal and objective.samplers == ("block",)
+    model = tiny_transformer(3)
+    tokens, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 5]], pad_id=30)
+    cfg = SampleConfig(gen_length=7, steps=6, temperature=1.0, stop_at_eos=True)
+    run = SAMPLERS.get("block")
+
+    def sample(rows):
+        return run(model, tokens[rows], cfg, mask_id=31, eos_id=29, pad_id=30, prompt_mask=mask[rows],
+                   time_conditioned=False, generator=[torch.Generator().manual_seed(i) for i in rows], history=None,
+                   block_size=4)
+
+    together = sample([0, 1, 2])
+    assert together.shape == (3, 12) and torch.equal(together[:, :5], tokens)
+    for i in range(3):
+        assert torch.equal(sample([i]), together[i : i + 1])
+    with pytest.raises(DlmError, match="needs a block size"):
+        run(model, tokens, cfg, mask_id=31, eos_id=29, prompt_mask=mask, generator=None, history=None)
+
+
+def test_cli_train_eval_sample(tmp_path):
+    run = tmp_path / "bd3lm"
+    proc = dlm("train", "--preset", "tiny", "--objective", "bd3lm", "--block-size", 16, "--max-steps", 20,
+               "--out", run, "--quiet")
+    assert "done: step 20, validation <= " in proc.stdout + proc.stderr
+    assert json.loads((run / "checkpoint" / "config.json").read_text())["train"]["block_size"] == 16
+    report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 2).stdout)
+    assert report["objective"] == "bd3lm" and report["is_bound"] is True and report["nats_per_token"] > 0
+    out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 20, "--steps", 8, "--seed", 1,
+              "--show-steps").stdout
+    assert "(block sampler" in out and "--- sample 0 ---\nEmma was" in out
+    assert "░" not in out.split("--- sample 0 ---")[1]
+    proc = dlm("train", "--preset", "tiny", "--objective", "bd3lm", "--block-size", 5, "--out", tmp_path / "x",
+               check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: --block-size 5 must be positive and divide data.seq_len 64")
