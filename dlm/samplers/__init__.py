@@ -10,7 +10,7 @@ from dlm.errors import DlmError
 from dlm.registry import Registry
 from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
-from dlm.samplers.batching import left_pad
+from dlm.samplers.batching import left_pad, row_by_row
 from dlm.samplers.block import block_generate, num_blocks_to_generate
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import CACHES, REMASKING, confidence_generate, num_transfer_tokens
@@ -90,15 +90,7 @@ def _run_block(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, prompt_mask
             top_k=cfg.top_k, top_p=cfg.top_p, eos_id=eos_id if cfg.stop_at_eos else None, generator=g, history=hist,
         )[0]
 
-    if prompt_mask is None or bool(prompt_mask.all()):
-        return generate(prompt, generator, history)
-    rows = []  # row by row on its unpadded prompt (its blocks start at its own position 0), padded back on the left
-    for j in range(prompt.shape[0]):
-        real = prompt_mask[j]
-        g = generator if generator is None or isinstance(generator, torch.Generator) else generator[j]
-        out = generate(prompt[j : j + 1, real], g, history if j == 0 else None)
-        rows.append(torch.cat([prompt[j : j + 1, ~real], out], dim=1))
-    return torch.cat(rows)
+    return row_by_row(generate, prompt, prompt_mask, generator, history, takes_generator_list=True)
 
 
 def _embedding_sampler(ode_sampler: str):
@@ -113,16 +105,7 @@ def _embedding_sampler(ode_sampler: str):
                 ode_sampler=ode_sampler, exclude=exclude, generator=g, history=hist,
             )[0]
 
-        if generator is None or isinstance(generator, torch.Generator):
-            if prompt_mask is not None and not bool(prompt_mask.all()):
-                raise DlmError("the embed samplers take one generator per row for prompts of different lengths")
-            return generate(prompt, generator, history)
-        rows = []  # one generator per row: row by row on its unpadded prompt, then padded back on the left
-        for j, g in enumerate(generator):
-            real = torch.ones_like(prompt[j], dtype=torch.bool) if prompt_mask is None else prompt_mask[j]
-            out = generate(prompt[j : j + 1, real], g, history if j == 0 else None)
-            rows.append(torch.cat([prompt[j : j + 1, ~real], out], dim=1))
-        return torch.cat(rows)
+        return row_by_row(generate, prompt, prompt_mask, generator, history, takes_generator_list=False)
 
     return run
 

@@ -41,3 +41,20 @@ def end_at_eos(x: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
     after = torch.arange(x.shape[1] - start, device=x.device)[None, :] > first[:, None]
     x[:, start:] = torch.where(after & ended[:, None], eos_id, x[:, start:])
     return ended
+
+
+def row_by_row(generate, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, generator, history, *,
+               takes_generator_list: bool) -> torch.Tensor:
+    """For samplers that cannot run left-padded rows together: ``generate(prompt [1, Lp_j], generator, history) ->
+    [1, Lp_j + G]`` on each row's unpadded prompt with its own generator, the rows padded back on the left. A batch
+    without padding runs at once when the sampler takes this generator (one, or a list when it takes lists)."""
+    padded = prompt_mask is not None and not bool(prompt_mask.all())
+    shared = generator is None or isinstance(generator, torch.Generator)
+    if not padded and (shared or takes_generator_list):
+        return generate(prompt, generator, history)
+    rows = []
+    for j in range(prompt.shape[0]):
+        real = torch.ones_like(prompt[j], dtype=torch.bool) if prompt_mask is None else prompt_mask[j]
+        out = generate(prompt[j : j + 1, real], generator if shared else generator[j], history if j == 0 else None)
+        rows.append(torch.cat([prompt[j : j + 1, ~real], out], dim=1))
+    return torch.cat(rows)
