@@ -104,7 +104,7 @@ def eval_(
     objective = OBJECTIVES.get(cfg.train.objective)
     _, _, val = load_packed(cfg.data, tokenizer)
     report = evaluate(
-        model, objective, val, tokenizer, schedule=cfg.train.schedule, graph=cfg.train.graph,
+        model, objective, val, tokenizer, schedule=cfg.train.schedule,
         num_samples=num_samples, seed=seed, max_sequences=max_sequences, batch_size=batch_size,
         options=objective.kwargs_from(cfg),
     )

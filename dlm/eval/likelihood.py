@@ -26,7 +26,6 @@ def evaluate(
     tokenizer: Tokenizer,
     *,
     schedule: str = "loglinear",
-    graph: str = "absorb",
     num_samples: int = 4,
     seed: int = 0,
     max_sequences: int | None = None,
@@ -37,8 +36,7 @@ def evaluate(
 ) -> dict:
     """The report of ``dlm eval`` over the first ``max_sequences`` sequences (all by default): nats_per_token,
     ppl, bits_per_byte, tokens, mc_draws, is_bound. Batches are shared out over the processes of a DDP run.
-    ``graph`` is the SEDD graph (other objectives ignore it); ``options``: extra keyword arguments of
-    ``objective.sequence_nll`` (``objective.kwargs_from(run_config)``)."""
+    ``options``: extra keyword arguments of ``objective.sequence_nll`` (``objective.kwargs_from(run_config)``)."""
     info = dist_info or DistInfo()
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     was_training = getattr(model, "training", False)
@@ -53,8 +51,7 @@ def evaluate(
         with autocast():
             nll = objective.sequence_nll(
                 model, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=schedule,
-                num_samples=num_samples, generator=generator, graph=graph, vocab_size=tokenizer.vocab_size,
-                **(options or {}),
+                num_samples=num_samples, generator=generator, **(options or {}),
             )  # (B,) nats per sequence
         total += nll.double().sum()
     total = all_reduce_sum(total, info).item()

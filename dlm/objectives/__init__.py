@@ -34,6 +34,7 @@ from dlm.objectives.score_entropy import (
     log_ratios,
     score_entropy_nelbo,
     sedd_loss,
+    sedd_options,
     sedd_sequence_nll,
 )
 from dlm.registry import Registry
@@ -60,7 +61,7 @@ OBJECTIVES.register(
     "sedd",
     Objective(
         "sedd", sedd_loss, sedd_sequence_nll, causal=False, is_bound=True, samplers=("sedd-analytic", "sedd-euler"),
-        configure=configure_sedd,
+        configure=configure_sedd, options=sedd_options,
     ),
 )
 OBJECTIVES.register(

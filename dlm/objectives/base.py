@@ -18,11 +18,10 @@ class LossOutput:
 class Objective:
     """An objective as the trainer, evaluator and CLI see it.
 
-    ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic, graph, vocab_size) -> LossOutput`` trains;
-    ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator, graph, vocab_size) -> Tensor[B]``
-    evaluates (nats per sequence: exact for AR, an upper bound for diffusion). Both take ``**_`` for the keywords
-    they do not use (``graph``, the SEDD graph, and ``vocab_size`` serve SEDD), and ``kwargs_from(run_config)``,
-    the objective's own settings (bd3lm: ``block_size``, ``clip``).
+    ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic) -> LossOutput`` trains;
+    ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator) -> Tensor[B]`` evaluates
+    (nats per sequence: exact for AR, an upper bound for diffusion). Both also take ``kwargs_from(run_config)``,
+    the objective's own settings (sedd: ``graph``, ``vocab_size``; bd3lm: ``block_size``, ``clip``), and ``**_``.
     """
 
     name: str

@@ -229,3 +229,8 @@ def configure_sedd(cfg) -> None:
         )
     if cfg.train.graph == "uniform":
         cfg.model.time_conditioning = True
+
+
+def sedd_options(cfg) -> dict:
+    """The run config's settings that the SEDD loss and bound take: the graph and the vocabulary size."""
+    return {"graph": cfg.train.graph, "vocab_size": cfg.model.vocab_size}

@@ -177,7 +177,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     def validate() -> float:
         """Validation bound / NLL on the first eval_sequences sequences, logged to metrics.jsonl."""
         val = evaluate(
-            ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule, graph=tc.graph,
+            ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule,
             num_samples=1, seed=tc.seed, max_sequences=tc.eval_sequences, batch_size=tc.batch_size,
             dist_info=info, autocast=autocast, options=objective.kwargs_from(cfg),
         )["nats_per_token"]
@@ -208,8 +208,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                 with autocast():
                     out = objective.loss(
                         forward, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=tc.schedule,
-                        generator=generator, antithetic=tc.antithetic, graph=tc.graph, vocab_size=cfg.model.vocab_size,
-                        **objective.kwargs_from(cfg),
+                        generator=generator, antithetic=tc.antithetic, **objective.kwargs_from(cfg),
                     )
                 (out.loss / tc.grad_accum).backward()
             step_loss += out.loss.item() / tc.grad_accum
