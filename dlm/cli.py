@@ -30,7 +30,7 @@ def train(
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
     objective: str = typer.Option(
         "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
-        "diffusion-lm (embeddings), bd3lm (block diffusion)."
+        "udlm (uniform-state diffusion), diffusion-lm (embeddings), bd3lm (block diffusion)."
     ),
     block_size: Optional[int] = typer.Option(
         None, "--block-size", help="bd3lm: tokens per block, a divisor of the sequence length (default 16)."
@@ -139,8 +139,8 @@ def sample(
         help="Confidence sampler block (default: gen-length); block sampler: the model's block size.",
     ),
     sampler: Optional[str] = typer.Option(
-        None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); embed-ddpm, embed-ddim, ... "
-        "(diffusion-lm); block (bd3lm). Default: the model's own."
+        None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); udlm (udlm); embed-ddpm, "
+        "embed-ddim, ... (diffusion-lm); block (bd3lm). Default: the model's own."
     ),
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),

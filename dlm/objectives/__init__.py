@@ -37,6 +37,15 @@ from dlm.objectives.score_entropy import (
     sedd_options,
     sedd_sequence_nll,
 )
+from dlm.objectives.udlm import (
+    MeanRatios,
+    configure_udlm,
+    mean_log_ratios,
+    udlm_loss,
+    udlm_nelbo,
+    udlm_options,
+    udlm_sequence_nll,
+)
 from dlm.registry import Registry
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
@@ -62,6 +71,13 @@ OBJECTIVES.register(
     Objective(
         "sedd", sedd_loss, sedd_sequence_nll, causal=False, is_bound=True, samplers=("sedd-analytic", "sedd-euler"),
         configure=configure_sedd, options=sedd_options,
+    ),
+)
+OBJECTIVES.register(
+    "udlm",
+    Objective(
+        "udlm", udlm_loss, udlm_sequence_nll, causal=False, is_bound=True, samplers=("udlm",),
+        configure=configure_udlm, options=udlm_options,
     ),
 )
 OBJECTIVES.register(
@@ -99,6 +115,11 @@ __all__ = [
     "score_entropy_nelbo",
     "sedd_loss",
     "sedd_sequence_nll",
+    "MeanRatios",
+    "mean_log_ratios",
+    "udlm_loss",
+    "udlm_nelbo",
+    "udlm_sequence_nll",
     "bd3_attention_mask",
     "block_causal_mask",
     "block_nelbo",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dlm.errors import DlmError
+from dlm.objectives.udlm import MeanRatios
 from dlm.registry import Registry
 from dlm.samplers.ancestral import ancestral_generate
 from dlm.samplers.ar import ar_generate
@@ -134,6 +135,23 @@ def _sedd_sampler(method: str):
 
 SAMPLERS.register("sedd-analytic", _sedd_sampler("analytic"))
 SAMPLERS.register("sedd-euler", _sedd_sampler("euler"))
+
+
+@SAMPLERS.register("udlm")
+def _run_udlm(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, prompt_mask, generator, history,
+              vocab_size=None, **_):
+    """UDLM (``--objective udlm``): ancestral steps of the uniform-state reverse process from uniformly random ids;
+    every generated token may change at every step. It is SEDD's analytic step on the ratios of the predicted x0
+    (``dlm.objectives.udlm``), ending at t = 0 with a draw from x_theta's posterior."""
+    if cfg.temperature != 1.0 or cfg.top_k or cfg.top_p < 1.0:
+        raise DlmError("the udlm sampler draws from the reverse process as it is: --temperature, --top-k and "
+                       "--top-p do not apply to it")
+    return sedd_generate(
+        MeanRatios(model, cfg.schedule, mask_id), prompt, graph="uniform", method="analytic", mask_id=mask_id,
+        vocab_size=vocab_size, gen_length=cfg.gen_length, steps=cfg.steps, schedule=cfg.schedule,
+        time_conditioned=True, prompt_mask=prompt_mask, eos_id=eos_id if cfg.stop_at_eos else None,
+        generator=generator, history=history,
+    )[0]
 
 
 __all__ = [

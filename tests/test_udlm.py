@@ -1,0 +1,147 @@
+"""UDLM (uniform-state diffusion): tightness of the bound for the toy distribution's exact denoiser, the mean
+parameterisation against SEDD's exact uniform ratios, the ancestral sampler against the toy's frequencies and its
+ability to revise tokens, and `dlm train/eval/sample --objective udlm` end to end on the tiny preset."""
+
+import json
+
+import pytest
+import torch
+
+from dlm.config import ModelConfig
+from dlm.errors import DlmError
+from dlm.models.transformer import Transformer
+from dlm.noise import get_schedule
+from dlm.objectives import OBJECTIVES, mean_log_ratios, udlm_loss, udlm_nelbo
+from dlm.samplers import SAMPLERS, SampleConfig, left_pad
+from test_sedd import assert_tight, dlm, draws_per_sequence, frequencies, uniform_ratios
+from toy import ToyDistribution
+
+
+def exact_denoiser(toy, N, schedule="loglinear"):
+    """x_theta(xt, t)_l = p(x0^l | xt^{-l}) under uniform noise over N ids, as logits [B, L, N]: each position's
+    conditional given the other noisy tokens, by enumerating the toy's support."""
+    schedule = get_schedule(schedule)
+
+    def model(xt, t):
+        alpha = schedule.alpha(t.double())[:, None, None, None]  # (B, 1, 1, 1)
+        same = (xt[:, None, None, :] == toy.seqs[None, :, None, :]).double()  # (B, S, 1, L)
+        kernel = alpha * same + (1 - alpha) / N  # (B, S, 1, L): q_t(xt^j | x0^j)
+        L = xt.shape[1]
+        others = ~torch.eye(L, dtype=torch.bool)  # (L, L): row l leaves position l out
+        like = torch.where(others[None, None], kernel, torch.ones_like(kernel)).prod(-1)  # (B, S, L)
+        w = toy.p[None, :, None] * like  # (B, S, L): p(x0) prod_{j != l} q_t(xt^j | x0^j)
+        onehot = torch.nn.functional.one_hot(toy.seqs, N).double()  # (S, L, N)
+        probs = torch.einsum("bsl,slv->blv", w, onehot) / w.sum(1)[..., None]
+        return probs.clamp_min(1e-30).log()
+
+    return model
+
+
+def test_the_mean_parameterisation_of_the_exact_denoiser_gives_the_exact_ratios():
+    toy = ToyDistribution(V=3, L=3, seed=1)
+    xt = torch.randint(0, toy.vocab, (20, 3), generator=torch.Generator().manual_seed(0))
+    t = torch.rand(20, generator=torch.Generator().manual_seed(1)) * 0.98 + 0.01
+    schedule = get_schedule("loglinear")
+    got = mean_log_ratios(exact_denoiser(toy, toy.vocab)(xt, t), xt, t, schedule=schedule, mask_id=toy.mask_id)
+    torch.testing.assert_close(got, uniform_ratios(toy, toy.vocab)(xt, t), rtol=1e-7, atol=1e-7)
+
+
+def test_nelbo_is_tight_for_the_exact_denoiser():
+    toy = ToyDistribution(V=3, L=3, seed=1)
+    g = torch.Generator().manual_seed(0)
+    draws = draws_per_sequence(lambda x0: udlm_nelbo(
+        exact_denoiser(toy, toy.vocab), x0, mask_id=toy.mask_id, vocab_size=toy.vocab, generator=g), toy, R=3000)
+    assert_tight(draws, toy)
+
+
+def test_nelbo_bounds_a_wrong_model():
+    toy = ToyDistribution(V=3, L=3, seed=1)
+    zeros = lambda xt, t: torch.zeros(*xt.shape, toy.vocab)  # noqa: E731
+    nelbo = udlm_nelbo(zeros, toy.seqs.repeat(200, 1), mask_id=toy.mask_id, vocab_size=toy.vocab,
+                       generator=torch.Generator().manual_seed(0)).view(200, -1).mean(0)
+    assert (toy.p * nelbo).sum() > (toy.p * toy.nll(toy.seqs)).sum() + 0.1
+
+
+def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=8,
+                                    time_conditioning=True))
+    x0 = torch.randint(3, 20, (6, 8))
+    out = udlm_loss(model, x0, mask_id=1, vocab_size=20, generator=torch.Generator().manual_seed(5))
+    nelbo = udlm_nelbo(model, x0, mask_id=1, vocab_size=20, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out.loss.double(), nelbo.mean() / 8, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for step in range(30):
+        loss = udlm_loss(model, x0, mask_id=1, vocab_size=20, generator=torch.Generator().manual_seed(step)).loss
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.5
+
+
+def run_udlm(model, prompt, steps, gen_length, generator, prompt_mask=None, history=None, vocab_size=None):
+    return SAMPLERS.get("udlm")(model, prompt, SampleConfig(gen_length=gen_length, steps=steps), mask_id=3,
+                                eos_id=4, prompt_mask=prompt_mask, generator=generator, history=history,
+                                vocab_size=vocab_size)
+
+
+def test_sampler_with_the_exact_denoiser_draws_the_toy_distribution_and_revises_tokens():
+    toy = ToyDistribution(V=3, L=3, seed=3)
+    n, history = 3000, []
+    tokens = run_udlm(exact_denoiser(toy, toy.vocab), torch.empty(n, 0, dtype=torch.long), 32, 3,
+                      torch.Generator().manual_seed(0), history=history, vocab_size=toy.vocab)
+    tv = 0.5 * (frequencies(tokens, toy) - toy.p).abs().sum()
+    assert tv < 0.06, tv
+    # "may revise any token": real tokens present at one step are replaced later
+    revised = ((history[10] < toy.V) & (history[10] != tokens)).float().mean()
+    assert revised > 0.02, revised
+
+
+def test_a_rows_sample_does_not_depend_on_its_batch():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16,
+                                    time_conditioning=True)).eval()
+    prompts = [[5, 6, 7], [8]]
+    tokens, mask = left_pad(prompts, pad_id=2)
+    both = run_udlm(model, tokens, 5, 6, [torch.Generator().manual_seed(i) for i in (3, 4)], prompt_mask=mask,
+                    vocab_size=20)
+    assert torch.equal(both[:, :3], tokens) and not (both == 3).any()  # the prompt stays; the mask id is never drawn
+    for j, seed in enumerate((3, 4)):
+        alone = run_udlm(model, torch.tensor([prompts[j]]), 5, 6, [torch.Generator().manual_seed(seed)],
+                         vocab_size=20)
+        assert torch.equal(alone[0], both[j, 3 - len(prompts[j]):])
+
+
+def test_registry_configure_and_sampler_options():
+    from dlm.presets import preset_config
+
+    udlm = OBJECTIVES.get("udlm")
+    assert udlm.is_bound and not udlm.causal and udlm.samplers == ("udlm",)
+    cfg = preset_config("tiny")
+    cfg.train.objective = "udlm"
+    udlm.configure(cfg)
+    assert cfg.model.time_conditioning and udlm.kwargs_from(cfg) == {"vocab_size": cfg.model.vocab_size}
+    cfg.train.schedule = "quadratic"
+    with pytest.raises(DlmError, match="unknown schedule 'quadratic'"):
+        udlm.configure(cfg)
+    with pytest.raises(DlmError, match="do not apply"):
+        SAMPLERS.get("udlm")(None, torch.zeros(1, 0, dtype=torch.long), SampleConfig(temperature=0.5), mask_id=0,
+                             eos_id=1, prompt_mask=None, generator=None, history=None)
+
+
+def test_train_eval_sample_udlm(tmp_path):
+    run = tmp_path / "udlm"
+    proc = dlm("train", "--preset", "tiny", "--objective", "udlm", "--max-steps", 20, "--out", run, "--quiet",
+               "--set", "train.precision=fp32")
+    assert "done: step 20, validation <= " in proc.stdout + proc.stderr
+    report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 2).stdout)
+    assert report["objective"] == "udlm" and report["is_bound"] is True
+    assert 0 < report["nats_per_token"] < 12
+    out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 8, "--steps", 4, "--show-steps").stdout
+    assert "[1/" in out and out.split("--- sample 0 ---\n")[1].startswith("Emma was")
+    proc = dlm("sample", run, "--sampler", "confidence", check=False)
+    assert proc.returncode == 2 and "use one of: udlm" in proc.stderr
