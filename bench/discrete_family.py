@@ -1,0 +1,214 @@
+"""The discrete family side by side: AR, MDLM, SEDD (absorb, uniform), UDLM, BD3-LM (k = 4, 16) and Eso-LM (B,
+alpha0 = 1, 0.5, 0.125), each trained as `small` on the bundled corpus for the same number of tokens.
+
+    python bench/discrete_family.py --max-steps 40 --out runs/discrete            # train, evaluate, sample, write
+    python bench/discrete_family.py --max-steps 40 --out runs/discrete --stage train   # only train (resumable)
+    python bench/discrete_family.py --max-steps 40 --out runs/discrete --stage time    # re-time, machine quiet
+
+Every model: `dlm train --preset small --objective ... --max-steps N --set train.warmup_steps=W` (skipped when a
+finished checkpoint exists), `dlm eval --json --num-samples D` on the whole validation split (exact NLL for AR, the
+objective's bound otherwise), then `--samples` unconditional samples of `--gen-length` tokens drawn one at a time
+(batch 1, sample i with seed i) with the model's own sampler and one denoising step per token (`--steps` =
+gen-length: AR decodes one token per call; BD3-LM spreads the steps over its blocks; Eso-LM's diffusion phase
+runs on that grid and its sequential phase decodes the rest), timed after one untimed warm-up. Quality of the
+samples: generative perplexity under `--reference` (SmolLM2-135M by default, `make bench-deps`) and the mean
+unigram entropy of a sample (nats, over our token ids). Results: docs/bench/discrete_family.json and the
+`discrete_family` section of docs/RESULTS.md. A model's evaluation is cached in its run folder (bench.json) and
+redone only with --redo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, machine_line, write_results  # noqa: E402
+
+# name -> (dlm train arguments, sampler)
+MODELS = {
+    "ar": (["--objective", "ar"], "ar"),
+    "mdlm": (["--objective", "mdlm"], "ancestral"),
+    "sedd-absorb": (["--objective", "sedd", "--graph", "absorb"], "sedd-analytic"),
+    "sedd-uniform": (["--objective", "sedd", "--graph", "uniform"], "sedd-analytic"),
+    "udlm": (["--objective", "udlm"], "udlm"),
+    "bd3lm-k4": (["--objective", "bd3lm", "--block-size", "4"], "block"),
+    "bd3lm-k16": (["--objective", "bd3lm", "--block-size", "16"], "block"),
+    "esolm-B-1": (["--objective", "esolm", "--alpha0", "1", "--variant", "B"], "esolm"),
+    "esolm-B-0.5": (["--objective", "esolm", "--alpha0", "0.5", "--variant", "B"], "esolm"),
+    "esolm-B-0.125": (["--objective", "esolm", "--alpha0", "0.125", "--variant", "B"], "esolm"),
+}
+PUBLISHED = ("LM1B / OpenWebText (AR < BD3-LM k=4 < BD3-LM k=16 < MDLM < SEDD < UDLM in perplexity; Eso-LM moves "
+             "from MDLM's towards AR's as alpha0 falls)")
+
+
+def dlm(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"dlm {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def train(name: str, run: Path, args) -> dict:
+    state = run / "checkpoint" / "trainer_state.json"
+    if not (state.exists() and json.loads(state.read_text())["step"] >= args.max_steps):
+        start = time.time()
+        dlm("train", "--preset", args.preset, *MODELS[name][0], "--max-steps", str(args.max_steps), "--out", str(run),
+            "--seed", "0", "--set", f"train.warmup_steps={args.warmup}", "--quiet", "--resume")
+        print(f"{name}: trained in {time.time() - start:.0f} s", flush=True)
+    return json.loads(state.read_text())
+
+
+def load_sampler(name: str, run: Path):
+    """(model, tokenizer, cfg, run_sampler(prompt, SampleConfig, generator) -> tokens) of a trained model."""
+    import dlm as dlm_api
+    from dlm.samplers import SAMPLERS
+
+    model, tokenizer, cfg = dlm_api.load(run)
+    model.eval()
+    kw = dict(mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, prompt_mask=None,
+              time_conditioned=cfg.model.time_conditioning, history=None, graph=cfg.train.graph,
+              vocab_size=cfg.model.vocab_size, block_size=cfg.train.block_size,
+              alpha0=getattr(cfg.train, "alpha0", None), variant=getattr(cfg.train, "variant", None))
+    sampler = SAMPLERS.get(MODELS[name][1])
+    return model, tokenizer, cfg, lambda prompt, sc, generator: sampler(model, prompt, sc, generator=generator, **kw)
+
+
+def timed_samples(name: str, run: Path, args, count: int) -> tuple[list[list[int]], list[float], object]:
+    """``count`` unconditional samples at batch 1 (sample i with seed i) and their wall-clock seconds, after one
+    untimed warm-up (allocator, kernels)."""
+    import torch
+
+    from dlm.samplers import SampleConfig
+
+    model, tokenizer, cfg, run_sampler = load_sampler(name, run)
+    sc = SampleConfig(gen_length=args.gen_length, steps=args.gen_length, temperature=1.0, stop_at_eos=False,
+                      schedule=cfg.train.schedule)
+    empty = torch.empty(1, 0, dtype=torch.long)
+    with torch.inference_mode():
+        run_sampler(empty, SampleConfig(gen_length=16, steps=16, schedule=cfg.train.schedule),
+                    [torch.Generator().manual_seed(10_000)])
+    samples, seconds = [], []
+    for i in range(count):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = run_sampler(empty, sc, [torch.Generator().manual_seed(i)])
+        seconds.append(time.perf_counter() - start)
+        samples.append(out[0].tolist())
+    return samples, seconds, tokenizer
+
+
+def sample(name: str, run: Path, args, reference) -> dict:
+    """``args.samples`` unconditional samples at batch 1, timed; their gen-PPL and entropy."""
+    from dlm.eval.generative import generative_perplexity, unigram_entropy
+
+    samples, seconds, tokenizer = timed_samples(name, run, args, args.samples)
+    special = {tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id}
+    texts = [tokenizer.decode([t for t in s if t != tokenizer.mask_id]) for s in samples]
+    words = [[t for t in s if t not in special] for s in samples]
+    return {
+        "sampler": MODELS[name][1], "steps": args.gen_length, "seconds_per_sample": sum(seconds) / len(seconds),
+        "seconds": seconds, "gen_ppl": generative_perplexity(reference, texts), "entropy": unigram_entropy(words),
+        "examples": [t[:300].replace("\n", " ") for t in texts[:2]],
+    }
+
+
+def render(results: dict, args) -> str:
+    cmd = f"python bench/discrete_family.py --max-steps {args.max_steps} --out {args.out}"
+    if args.preset != "small":
+        cmd += f" --preset {args.preset}"
+    rows = []
+    for name, m in results["models"].items():
+        e, s = m["eval"], m["sample"]
+        rel = "<=" if e["is_bound"] else "="
+        rows.append(
+            f"| {name} | {m['tokens_seen']:,} | {m['train_seconds'] / 60:.1f} | {rel} {e['ppl']:.1f} "
+            f"| {rel} {e['bits_per_byte']:.3f} | {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['sampler']} "
+            f"| {s['seconds_per_sample']:.2f} |")
+    examples = [f"- **{name}**: {m['sample']['examples'][0]}" for name, m in results["models"].items()]
+    any_eval = next(iter(results["models"].values()))["eval"]
+    draws = max(m["eval"].get("mc_draws", 0) for m in results["models"].values())
+    return f"""## The discrete family side by side (`{args.preset}`, same tokens)
+
+Command: `{cmd}`
+Machine: {machine_line(results['machine'])}
+
+Every model is the same `{args.preset}` backbone (17M parameters for `small`) trained on the bundled Austen corpus for
+{args.max_steps} steps of 16 x 256 tokens (warm-up {args.warmup} steps, then cosine; seed 0). Validation =
+*Persuasion* ({any_eval['tokens']:,} tokens): `=` exact (AR), `<=` the objective's bound ({draws}
+Monte Carlo draws per sequence). Samples: {args.samples} unconditional samples of {args.gen_length} tokens per
+model at batch 1 (seed i for sample i, temperature 1, {args.gen_length} denoising steps), generative perplexity
+under {results['reference']} and mean unigram entropy (nats; a degenerate, repetitive sample has a low one); time
+= wall-clock seconds per {args.gen_length}-token sample, one sample at a time, after a warm-up.
+
+| model | training tokens | train minutes | val perplexity | bits/byte | gen PPL | entropy | sampler | s / sample |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |
+{chr(10).join(rows)}
+
+Published ordering: {PUBLISHED}.
+
+First sample of each model (first 300 characters):
+
+{chr(10).join(examples)}
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small", help="model preset (tiny: a quick check of the script)")
+    ap.add_argument("--max-steps", type=int, default=40, help="training steps of 16 x 256 tokens per model")
+    ap.add_argument("--warmup", type=int, default=4, help="learning-rate warm-up steps")
+    ap.add_argument("--out", default="runs/discrete")
+    ap.add_argument("--only", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="NAME",
+                    help=f"models to run (default all): {', '.join(MODELS)}")
+    ap.add_argument("--stage", choices=("train", "all", "time"), default="all",
+                    help="train: only train; all: train, evaluate, sample and write; time: re-time the sampling of "
+                    "models already evaluated (run it with nothing else on the machine) and rewrite")
+    ap.add_argument("--time-samples", type=int, default=2, help="--stage time: timed samples per model")
+    ap.add_argument("--num-samples", type=int, default=2, help="Monte Carlo draws per sequence for the bounds")
+    ap.add_argument("--samples", type=int, default=6, help="timed unconditional samples per model")
+    ap.add_argument("--gen-length", type=int, default=256)
+    ap.add_argument("--reference", default="smollm2", help="reference LM for generative perplexity")
+    ap.add_argument("--redo", action="store_true", help="re-evaluate and re-sample models already done")
+    args = ap.parse_args()
+    out = Path(args.out)
+    for name in args.only:
+        train(name, out / name, args)
+    if args.stage == "train":
+        return
+    from dlm.eval.generative import load_reference
+
+    reference = load_reference(args.reference)
+    results = {"machine": machine(), "reference": args.reference, "max_steps": args.max_steps, "models": {}}
+    for name in args.only:
+        run = out / name
+        cached = run / "bench.json"
+        if args.stage == "time":
+            entry = json.loads(cached.read_text())
+            seconds = timed_samples(name, run, args, args.time_samples)[1]
+            entry["sample"].update(seconds=seconds, seconds_per_sample=sum(seconds) / len(seconds), retimed=True)
+            cached.write_text(json.dumps(entry, indent=2) + "\n")
+            results["models"][name] = entry
+            print(name, f"{entry['sample']['seconds_per_sample']:.2f} s per sample", flush=True)
+            continue
+        if cached.exists() and not args.redo:
+            results["models"][name] = json.loads(cached.read_text())
+            continue
+        trainer = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
+        report = json.loads(dlm("eval", str(run), "--json", "--num-samples", str(args.num_samples)))
+        entry = {"eval": report, "train_seconds": trainer["elapsed_seconds"], "tokens_seen": trainer["tokens_seen"],
+                 "sample": sample(name, run, args, reference)}
+        cached.write_text(json.dumps(entry, indent=2) + "\n")
+        results["models"][name] = entry
+        print(name, json.dumps({k: v for k, v in entry["sample"].items() if k != "seconds"}), flush=True)
+    md = render(results, args)
+    write_results("discrete_family", results, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
