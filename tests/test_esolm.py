@@ -1,0 +1,146 @@
+"""Eso-LM: the attention masks as hand-written matrices, the NELBO (AR at alpha0 = 0, MDLM's at alpha0 = 1, tight
+in between for the exact model), training, the sampler with its exact KV cache, and the CLI end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dlm.config import ModelConfig
+from dlm.errors import DlmError
+from dlm.models.transformer import Transformer
+from dlm.objectives import (
+    OBJECTIVES,
+    ar_sequence_nll,
+    esolm_diffusion_mask,
+    esolm_loss,
+    esolm_nelbo,
+    esolm_sequential_mask,
+    masked_nelbo,
+    random_ranks,
+)
+from toy import ToyDistribution
+
+
+def dlm(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def tiny_transformer(seed=0, vocab=32):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # sharper than the 0.02 init, so that draws depend on the context
+        model.head.weight.mul_(20.0)
+    return model
+
+
+def oracle(toy: ToyDistribution, wrong: float = 0.0):
+    """The exact model of the toy that honours the attention mask: query row i (original position positions[i])
+    sees the tokens of the columns it attends to that are not the mask and returns log p(x^{pos_i} = v | those).
+    ``wrong`` > 0 tempers the answer towards uniform (a deliberately wrong model)."""
+
+    def model(x, t=None, *, attn_mask, positions):
+        assert t is None
+        B, Lx = x.shape
+        attn_mask = attn_mask.expand(B, Lx, Lx)
+        positions = positions.expand(B, Lx) if positions.dim() == 1 else positions
+        visible = attn_mask & (x != toy.mask_id)[:, None, :]  # (B, Lq, Lk)
+        canvas = torch.full((B, Lx, toy.L), toy.mask_id)  # per query: the tokens it sees, at their positions
+        for j in range(Lx):
+            slot = canvas.gather(2, positions[:, None, j : j + 1].expand(B, Lx, 1))
+            canvas.scatter_(2, positions[:, None, j : j + 1].expand(B, Lx, 1),
+                            torch.where(visible[:, :, j : j + 1], x[:, None, j : j + 1].expand(B, Lx, 1), slot))
+        logits = toy.denoiser(canvas.view(B * Lx, toy.L)).view(B, Lx, toy.L, toy.vocab)
+        out = logits.gather(2, positions[:, :, None, None].expand(B, Lx, 1, toy.vocab)).squeeze(2)  # (B, Lx, V)
+        return out * (1.0 - wrong)
+
+    return model
+
+
+def test_attention_masks_are_the_hand_written_matrices():
+    # L = 4: positions 0 and 2 clean, 1 and 3 masked; rank order 2, 0 | 3, 1
+    clean = torch.tensor([[True, False, True, False]])
+    rank = torch.tensor([[1, 3, 0, 2]])
+    B = torch.tensor([
+        [1, 0, 1, 0],  # clean 0 (rank 1): clean 2 (rank 0) and itself
+        [1, 1, 1, 1],  # masked 1 (rank 3): everything
+        [0, 0, 1, 0],  # clean 2 (rank 0): itself
+        [1, 0, 1, 1],  # masked 3 (rank 2): the clean tokens and itself
+    ], dtype=torch.bool)
+    A = torch.tensor([
+        [1, 0, 1, 0],  # clean: every clean token
+        [1, 1, 1, 0],  # masked: the clean tokens and itself
+        [1, 0, 1, 0],
+        [1, 0, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(esolm_diffusion_mask(clean, rank, "B")[0], B)
+    assert torch.equal(esolm_diffusion_mask(clean, None, "A")[0], A)
+    # sequential, rows/columns z0_0 z0_1 z0_2 z0_3 | x_0 x_1 x_2 x_3 (z0 = the same clean pattern)
+    seq_B = torch.tensor([
+        [1, 0, 1, 0, 0, 0, 0, 0],  # clean z0 0: clean z0 of rank <= 1
+        [1, 1, 1, 0, 0, 0, 0, 0],  # masked z0 1: clean z0, itself; no masked x before it
+        [0, 0, 1, 0, 0, 0, 0, 0],  # clean z0 2: itself (rank 0)
+        [1, 0, 1, 1, 0, 1, 0, 0],  # masked z0 3: clean z0, itself, x_1 (masked, before it)
+        [0, 0, 0, 0, 1, 0, 0, 0],  # x_0 (clean in z0): itself only
+        [1, 0, 1, 0, 0, 1, 0, 0],  # x_1 (masked in z0): clean z0 and itself
+        [0, 0, 0, 0, 0, 0, 1, 0],  # x_2 (clean in z0): itself only
+        [1, 0, 1, 0, 0, 1, 0, 1],  # x_3: clean z0, x_1 and itself
+    ], dtype=torch.bool)
+    seq_A = seq_B.clone()
+    seq_A[2, 0] = True  # variant A: clean z0 tokens see each other both ways
+    assert torch.equal(esolm_sequential_mask(clean, rank, "B")[0], seq_B)
+    assert torch.equal(esolm_sequential_mask(clean, None, "A")[0], seq_A)
+
+
+def test_random_ranks_put_clean_tokens_first():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(64, 6, generator=g) < 0.5
+    rank = random_ranks(clean, g)
+    assert torch.equal(rank.sort(1).values, torch.arange(6).expand(64, 6))
+    assert torch.equal(rank < clean.sum(1, keepdim=True), clean)  # the clean tokens hold the first ranks
+    first = (rank == 0) & clean.any(1, keepdim=True)  # the first clean token is uniform over the clean ones
+    assert first.sum(0).min() > 0
+
+
+@pytest.mark.parametrize("variant", ["A", "B"])
+def test_alpha0_zero_is_the_exact_ar_nll(variant):
+    toy = ToyDistribution(V=3, L=3)
+    x0 = toy.seqs
+    nelbo = esolm_nelbo(oracle(toy), x0, alpha0=0.0, variant=variant, mask_id=toy.mask_id, num_samples=2,
+                        generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(nelbo.double(), toy.nll(x0), rtol=0, atol=1e-5)
+    ar = ar_sequence_nll(toy.next_token, x0, eos_id=toy.eos_id)
+    torch.testing.assert_close(nelbo, ar, rtol=0, atol=1e-5)
+
+
+def test_alpha0_one_variant_A_is_the_linear_masked_nelbo_draw_for_draw():
+    toy = ToyDistribution(V=3, L=4)
+    x0 = toy.seqs
+    kw = dict(mask_id=toy.mask_id, num_samples=3)
+    mdlm = masked_nelbo(toy.denoiser, x0, schedule="linear", generator=torch.Generator().manual_seed(5), **kw)
+    eso = esolm_nelbo(oracle(toy), x0, alpha0=1.0, variant="A", generator=torch.Generator().manual_seed(5), **kw)
+    torch.testing.assert_close(eso, mdlm, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["A", "B"])
+@pytest.mark.parametrize("alpha0", [0.5, 1.0])
+def test_nelbo_is_tight_for_the_exact_model_and_above_for_a_wrong_one(alpha0, variant):
+    toy = ToyDistribution(V=2, L=4, seed=5)
+    R = 2000  # draws per sequence: one per row of the repeated batch
+    x0 = toy.seqs.repeat(R, 1)  # (16 R, 4)
+    kw = dict(alpha0=alpha0, variant=variant, mask_id=toy.mask_id)
+    draws = esolm_nelbo(oracle(toy), x0, generator=torch.Generator().manual_seed(0), **kw).double().view(R, -1)
+    mean, stderr = draws.mean(0), draws.std(0) / R**0.5  # (16,)
+    truth = toy.nll(toy.seqs)
+    assert torch.all((mean - truth).abs() < 4 * stderr + 0.01), ((mean - truth) / stderr).abs().max()
+    pooled_err = (mean - truth).mean().abs()
+    assert pooled_err < 4 * (stderr**2).mean().sqrt() / len(truth) ** 0.5 + 0.005
+    wrong = esolm_nelbo(oracle(toy, wrong=0.5), x0, generator=torch.Generator().manual_seed(0), **kw)
+    # a wrong model's bound, averaged over the data, is above the entropy (the bound holds for its own p)
+    assert (toy.p * wrong.double().view(R, -1).mean(0)).sum() > (toy.p * truth).sum() + 0.05
