@@ -21,6 +21,7 @@ from dlm.objectives import (
     masked_nelbo,
     random_ranks,
 )
+from dlm.samplers import SAMPLERS, SampleConfig, esolm_generate, left_pad
 from toy import ToyDistribution
 
 
@@ -144,3 +145,37 @@ def test_nelbo_is_tight_for_the_exact_model_and_above_for_a_wrong_one(alpha0, va
     wrong = esolm_nelbo(oracle(toy, wrong=0.5), x0, generator=torch.Generator().manual_seed(0), **kw)
     # a wrong model's bound, averaged over the data, is above the entropy (the bound holds for its own p)
     assert (toy.p * wrong.double().view(R, -1).mean(0)).sum() > (toy.p * truth).sum() + 0.05
+
+
+class Counter:
+    """Counts the token positions a model runs (the compute of a sampler)."""
+
+    def __init__(self, model):
+        self.model, self.blocks, self.positions = model, model.blocks, 0
+
+    def __call__(self, x, *args, **kw):
+        self.positions += x.numel()
+        return self.model(x, *args, **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("prompt_len", [0, 3])
+@pytest.mark.parametrize("alpha0", [0.25, 1.0])
+@pytest.mark.parametrize("variant", ["A", "B"])
+def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len, alpha0, variant):
+    model = tiny_transformer(seed)
+    prompt = torch.randint(0, 30, (2, prompt_len), generator=torch.Generator().manual_seed(10 + seed))
+    kw = dict(mask_id=31, alpha0=alpha0, variant=variant, gen_length=16, steps=4, temperature=1.0)
+    runs = {}
+    for use_cache in (True, False):
+        counter = Counter(model)
+        gens = [torch.Generator().manual_seed(100 * seed + j) for j in range(2)]  # one per row
+        out, nfe = esolm_generate(counter, prompt, use_cache=use_cache, generator=gens, **kw)
+        runs[use_cache] = out, nfe, counter.positions
+    (cached, nfe_cached, cost_cached), (plain, nfe_plain, cost_plain) = runs[True], runs[False]
+    assert torch.equal(cached, plain)
+    assert cached.shape == (2, prompt_len + 16) and torch.equal(cached[:, :prompt_len], prompt)
+    assert not (cached == 31).any()
+    assert nfe_cached == nfe_plain
+    if variant == "B" or alpha0 < 1:
+        assert cost_cached < cost_plain
