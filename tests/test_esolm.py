@@ -11,9 +11,11 @@ import torch
 from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
+from dlm.presets import preset_config
 from dlm.objectives import (
     OBJECTIVES,
     ar_sequence_nll,
+    configure_esolm,
     esolm_diffusion_mask,
     esolm_loss,
     esolm_nelbo,
@@ -179,3 +181,119 @@ def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len
     assert nfe_cached == nfe_plain
     if variant == "B" or alpha0 < 1:
         assert cost_cached < cost_plain
+
+
+def test_sampler_with_the_exact_model_draws_the_data_distribution():
+    """Diffusion then left to right: exact up to the tokens revealed at the same diffusion step (drawn
+    independently), rare with 64 steps."""
+    toy = ToyDistribution(V=2, L=4, seed=3)
+    N = 4000
+    out, _ = esolm_generate(oracle(toy), torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, alpha0=0.5,
+                            variant="B", gen_length=4, steps=64, use_cache=False,
+                            generator=torch.Generator().manual_seed(0))
+    freq = (out[:, None] == toy.seqs[None]).all(-1).double().mean(0)  # (16,)
+    assert torch.all((freq - toy.p).abs() < 4 * (toy.p * (1 - toy.p) / N).sqrt() + 1e-3)
+
+
+def test_history_eos_and_the_diffusion_share():
+    model = tiny_transformer(1)
+    prompt = torch.randint(0, 30, (8, 2), generator=torch.Generator().manual_seed(0))
+    history = []
+    out, nfe = esolm_generate(model, prompt, mask_id=31, alpha0=0.5, variant="B", gen_length=32, steps=8,
+                              generator=torch.Generator().manual_seed(0), history=history)
+    assert len(history) == nfe and torch.equal(history[-1], out)
+    # at most 8 diffusion calls, then one call per token left: about half of 32, the most of 8 rows
+    assert 8 + 8 <= nfe <= 8 + 28
+    eos = int(out[0, 10])  # treat a token that occurs early in row 0 as EOS: everything after it becomes EOS
+    ended, _ = esolm_generate(model, prompt, mask_id=31, alpha0=0.5, variant="B", gen_length=32, steps=8,
+                              eos_id=eos, generator=torch.Generator().manual_seed(0))
+    first = int((ended[0, 2:] == eos).nonzero()[0]) + 2
+    assert first <= 10 and (ended[0, first:] == eos).all() and not (ended == 31).any()
+
+
+def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_samples():
+    objective = OBJECTIVES.get("esolm")
+    assert objective.is_bound and not objective.causal and objective.samplers == ("esolm",)
+    assert objective.default_schedule == "linear"
+    model = tiny_transformer(3)
+    tokens, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 5]], pad_id=30)
+    cfg = SampleConfig(gen_length=7, steps=4, temperature=1.0, stop_at_eos=True)
+    run = SAMPLERS.get("esolm")
+
+    def sample(rows):
+        return run(model, tokens[rows], cfg, mask_id=31, eos_id=29, pad_id=30, prompt_mask=mask[rows],
+                   time_conditioned=False, generator=[torch.Generator().manual_seed(i) for i in rows], history=None,
+                   alpha0=0.5, variant="B")
+
+    together = sample([0, 1, 2])
+    assert together.shape == (3, 12) and torch.equal(together[:, :5], tokens)
+    for i in range(3):
+        assert torch.equal(sample([i]), together[i : i + 1])
+    with pytest.raises(DlmError, match="needs the model's alpha0 and variant"):
+        run(model, tokens, cfg, mask_id=31, eos_id=29, prompt_mask=mask, generator=None, history=None)
+
+
+def test_the_loss_trains_a_tiny_transformer():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=8, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16))
+    data = torch.tensor([[1, 2, 3, 4, 5, 6, 1, 2], [4, 5, 6, 1, 2, 3, 4, 5]]).repeat(8, 1)  # (16, 8)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        out = esolm_loss(model, data, mask_id=7, alpha0=0.5, variant="B", generator=g)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert 0.0 < out.metrics["masked_frac"] < 1.0 and 0.0 < out.metrics["ar_frac"] < 1.0
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5, losses
+    with pytest.raises(DlmError, match="alpha0 must be in"):
+        esolm_loss(model, data, mask_id=7, alpha0=1.5, variant="B", generator=g)
+
+
+def test_cli_train_eval_sample(tmp_path):
+    run = tmp_path / "esolm"
+    proc = dlm("train", "--preset", "tiny", "--objective", "esolm", "--alpha0", 0.5, "--variant", "B",
+               "--max-steps", 10, "--out", run, "--quiet")
+    assert "done: step 10, validation <= " in proc.stdout + proc.stderr
+    train_cfg = json.loads((run / "checkpoint" / "config.json").read_text())["train"]
+    assert (train_cfg["alpha0"], train_cfg["variant"], train_cfg["schedule"]) == (0.5, "B", "linear")
+    proc = dlm("eval", run, "--max-sequences", 4, "--num-samples", 1)
+    assert "an upper bound" in proc.stdout and "nats/token     <= " in proc.stdout
+    out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 16, "--steps", 4, "--seed", 1,
+              "--show-steps").stdout
+    assert "(esolm sampler" in out and "--- sample 0 ---\nEmma was" in out
+    assert "░" not in out.split("--- sample 0 ---")[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objective", "esolm", "--alpha0", 1.5], "error: --alpha0 1.5 must be in [0, 1]"),
+    (["--objective", "esolm", "--variant", "C"], "error: --variant C is not an Eso-LM variant; choose A"),
+    (["--objective", "mdlm", "--alpha0", 0.5], "error: --alpha0 and --variant apply to --objective esolm only"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    proc = dlm("train", "--preset", "tiny", *args, "--max-steps", 1, "--out", tmp_path / "x", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith(message), proc.stderr
+
+
+def test_config_checks():
+    cfg = preset_config("tiny")
+    cfg.train.objective, cfg.train.schedule, cfg.train.alpha0 = "esolm", "linear", 0.25
+    configure_esolm(cfg.validate())
+    for field, value, message in [("schedule", "cosine", r"fixes its schedule to alpha_t = alpha0 \(1 - t\)"),
+                                  ("variant", "b", "--variant b is not an Eso-LM variant"),
+                                  ("alpha0", -0.1, "--alpha0 -0.1 must be in")]:
+        bad = preset_config("tiny")
+        bad.train.objective, bad.train.schedule = "esolm", "linear"
+        setattr(bad.train, field, value)
+        with pytest.raises(DlmError, match=message):
+            configure_esolm(bad)
+    cfg.model.time_conditioning = True
+    with pytest.raises(DlmError, match="drop model.time_conditioning"):
+        configure_esolm(cfg)
+    cfg = preset_config("tiny")
+    cfg.train.variant = "A"  # --set train.variant=A with --objective mdlm
+    with pytest.raises(DlmError, match="apply to --objective esolm only"):
+        cfg.validate()
