@@ -130,7 +130,7 @@ def esolm_generate(
     if gen_length <= 0 or steps <= 0:
         raise DlmError("gen_length and steps must be positive")
     if not 0.0 <= alpha0 <= 1.0 or variant not in VARIANTS:
-        raise DlmError(f"the esolm sampler needs alpha0 in [0, 1] and a variant in {VARIANTS}, got {alpha0}, {variant!r}")
+        raise DlmError(f"the esolm sampler needs alpha0 in [0, 1] and variant A or B, got {alpha0} and {variant!r}")
     schedule = HybridSchedule(alpha0)
     B, Lp = prompt.shape
     G, L, dev = gen_length, prompt.shape[1] + gen_length, prompt.device
