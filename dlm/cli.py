@@ -30,12 +30,21 @@ def train(
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
     objective: str = typer.Option(
         "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
-        "udlm (uniform-state diffusion), diffusion-lm (embeddings), bd3lm (block diffusion)."
+        "udlm (uniform-state diffusion), diffusion-lm (embeddings), bd3lm (block diffusion), esolm (diffusion then "
+        "AR, Eso-LM)."
     ),
     block_size: Optional[int] = typer.Option(
         None, "--block-size", help="bd3lm: tokens per block, a divisor of the sequence length (default 16)."
     ),
     graph: str = typer.Option("absorb", help="sedd only: the noise graph, absorb (masking) or uniform."),
+    alpha0: Optional[float] = typer.Option(
+        None, "--alpha0", help="esolm: expected fraction of tokens made by diffusion, in [0, 1] (1 = masked "
+        "diffusion, 0 = autoregressive; default 1)."
+    ),
+    variant: Optional[str] = typer.Option(
+        None, "--variant", help="esolm: attention variant, A (clean tokens attend both ways; better likelihood) or "
+        "B (causal in a random order; KV cache in both sampling phases; default)."
+    ),
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
     seed: int = typer.Option(0, help="Seed of the initialisation, data order and noise."),
@@ -77,6 +86,12 @@ def train(
         cfg.train.lr = lr
     if block_size is not None:
         cfg.train.block_size = block_size
+    if (alpha0 is not None or variant is not None) and objective != "esolm":
+        raise DlmError(f"--alpha0 and --variant apply to --objective esolm only (got {objective})")
+    if alpha0 is not None:
+        cfg.train.alpha0 = alpha0
+    if variant is not None:
+        cfg.train.variant = variant
     apply_overrides(cfg, set_ or [])
     if max_steps <= 0:
         raise DlmError("--max-steps must be positive")
@@ -140,7 +155,7 @@ def sample(
     ),
     sampler: Optional[str] = typer.Option(
         None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); udlm (udlm); embed-ddpm, "
-        "embed-ddim, ... (diffusion-lm); block (bd3lm). Default: the model's own."
+        "embed-ddim, ... (diffusion-lm); block (bd3lm); esolm (esolm). Default: the model's own."
     ),
     temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
@@ -233,7 +248,7 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
         model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
         prompt_mask=mask, time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
         graph=cfg.train.graph, vocab_size=cfg.model.vocab_size,
-        block_size=cfg.train.block_size,
+        block_size=cfg.train.block_size, alpha0=cfg.train.alpha0, variant=cfg.train.variant,
     )
     if history:
         typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")

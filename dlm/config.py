@@ -69,6 +69,8 @@ class TrainConfig:
     block_size: int = 16  # bd3lm: tokens per block (must divide data.seq_len)
     clip_beta: float = 0.3  # bd3lm: training draws each block's t from U[clip_beta, clip_omega] (eval: U[eps, 1])
     clip_omega: float = 0.8
+    alpha0: float = 1.0  # esolm: expected fraction of tokens made by diffusion (1 = masked diffusion, 0 = AR)
+    variant: str = "B"  # esolm: attention variant, A (clean tokens attend both ways) or B (causal, KV-cacheable)
 
 
 @dataclass
@@ -111,6 +113,8 @@ class RunConfig:
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
         if self.train.graph != "absorb" and self.train.objective != "sedd":
             raise DlmError(f"--graph {self.train.graph} applies to --objective sedd only (got {self.train.objective})")
+        if (self.train.alpha0 != 1.0 or self.train.variant != "B") and self.train.objective != "esolm":
+            raise DlmError(f"--alpha0 and --variant apply to --objective esolm only (got {self.train.objective})")
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self

@@ -88,6 +88,6 @@ def test_ar_nll_is_exact_for_the_exact_conditionals():
 
 
 def test_objective_registry():
-    assert OBJECTIVES.names() == ["ar", "mdlm", "diffusion-lm", "sedd", "udlm", "bd3lm"]
+    assert OBJECTIVES.names() == ["ar", "mdlm", "diffusion-lm", "sedd", "udlm", "bd3lm", "esolm"]
     assert OBJECTIVES.get("ar").causal and not OBJECTIVES.get("ar").is_bound
     assert not OBJECTIVES.get("mdlm").causal and OBJECTIVES.get("mdlm").is_bound

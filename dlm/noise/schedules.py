@@ -85,6 +85,26 @@ class CosineSchedule(Schedule):
         return torch.acos(alpha.clamp(0.0, 1.0)) * 2.0 / math.pi
 
 
+class HybridSchedule(Schedule):
+    """Eso-LM's alpha(t) = alpha0 (1 - t): at t = 0 a fraction alpha0 of the tokens is clean (the rest is left to
+    the sequential part), w(t) = alpha0 / (1 - alpha0 (1 - t)). Not in ``SCHEDULES``: it takes alpha0.
+    alpha0 = 1 is ``linear``."""
+
+    name = "hybrid"
+
+    def __init__(self, alpha0: float):
+        self.alpha0 = alpha0
+
+    def alpha(self, t):
+        return self.alpha0 * (1.0 - t)
+
+    def dalpha(self, t):
+        return torch.full_like(t, -self.alpha0)
+
+    def time_of(self, alpha):
+        return (1.0 - alpha / self.alpha0).clamp(0.0, 1.0)
+
+
 def get_schedule(schedule: str | Schedule) -> Schedule:
     """A schedule instance from a name (or pass an instance through)."""
     return schedule if isinstance(schedule, Schedule) else SCHEDULES.get(schedule)()

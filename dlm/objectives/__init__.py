@@ -18,6 +18,18 @@ from dlm.objectives.embedding import (
     diffusion_lm_nelbo,
     diffusion_lm_sequence_nll,
 )
+from dlm.objectives.esolm import (
+    configure_esolm,
+    esolm_diffusion_mask,
+    esolm_diffusion_nll,
+    esolm_loss,
+    esolm_nelbo,
+    esolm_options,
+    esolm_sequence_nll,
+    esolm_sequential_mask,
+    esolm_sequential_nll,
+    random_ranks,
+)
 from dlm.objectives.gaussian import (
     TARGETS,
     WEIGHTINGS,
@@ -87,6 +99,13 @@ OBJECTIVES.register(
         configure=configure_bd3lm, options=bd3lm_options,
     ),
 )
+OBJECTIVES.register(
+    "esolm",
+    Objective(
+        "esolm", esolm_loss, esolm_sequence_nll, causal=False, is_bound=True, samplers=("esolm",),
+        default_schedule="linear", configure=configure_esolm, options=esolm_options,
+    ),
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -125,4 +144,12 @@ __all__ = [
     "block_nelbo",
     "bd3lm_loss",
     "bd3lm_sequence_nll",
+    "esolm_diffusion_mask",
+    "esolm_sequential_mask",
+    "esolm_diffusion_nll",
+    "esolm_sequential_nll",
+    "esolm_nelbo",
+    "esolm_loss",
+    "esolm_sequence_nll",
+    "random_ranks",
 ]

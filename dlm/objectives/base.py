@@ -21,7 +21,8 @@ class Objective:
     ``loss(model, x0, *, eos_id, mask_id, schedule, generator, antithetic) -> LossOutput`` trains;
     ``sequence_nll(model, x0, *, eos_id, mask_id, schedule, num_samples, generator) -> Tensor[B]`` evaluates
     (nats per sequence: exact for AR, an upper bound for diffusion). Both also take ``kwargs_from(run_config)``,
-    the objective's own settings (sedd: ``graph``, ``vocab_size``; bd3lm: ``block_size``, ``clip``), and ``**_``.
+    the objective's own settings (sedd: ``graph``, ``vocab_size``; bd3lm: ``block_size``, ``clip``; esolm:
+    ``alpha0``, ``variant``), and ``**_``.
     """
 
     name: str

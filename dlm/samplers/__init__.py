@@ -16,6 +16,7 @@ from dlm.samplers.block import block_generate, num_blocks_to_generate
 from dlm.samplers.categorical import gumbel_noise, sample_categorical
 from dlm.samplers.confidence import CACHES, REMASKING, confidence_generate, num_transfer_tokens
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
+from dlm.samplers.esolm import esolm_generate
 from dlm.samplers.ode import ODE_SAMPLERS, guided, time_grid
 from dlm.samplers.score_entropy import sedd_analytic, sedd_euler, sedd_generate
 
@@ -37,8 +38,8 @@ class SampleConfig:
 
 
 # Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, prompt_mask, generator, history,
-# graph, vocab_size, block_size) -> tokens; block_size is the model's training block size (bd3lm), None for
-# other models
+# graph, vocab_size, block_size, alpha0, variant) -> tokens; block_size is the model's training block size
+# (bd3lm), alpha0 and variant its Eso-LM settings (esolm); other models ignore them
 SAMPLERS: Registry = Registry("sampler")
 
 
@@ -89,6 +90,25 @@ def _run_block(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, prompt_mask
             model, p, mask_id=mask_id, block_size=size, gen_length=cfg.gen_length,
             steps_per_block=max(1, -(-cfg.steps // blocks)), schedule=cfg.schedule, temperature=cfg.temperature,
             top_k=cfg.top_k, top_p=cfg.top_p, eos_id=eos_id if cfg.stop_at_eos else None, generator=g, history=hist,
+        )[0]
+
+    return row_by_row(generate, prompt, prompt_mask, generator, history, takes_generator_list=True)
+
+
+@SAMPLERS.register("esolm")
+def _run_esolm(model, prompt, cfg: SampleConfig, *, mask_id, eos_id, prompt_mask, generator, history, alpha0=None,
+               variant=None, **_):
+    """Eso-LM: ``cfg.steps`` diffusion steps with the model's alpha0 and variant, then the sequential phase, with the
+    exact KV cache (variant A: in the sequential phase only). Left-padded prompts run row by row, unpadded."""
+    if alpha0 is None or variant is None:
+        raise DlmError("the esolm sampler needs the model's alpha0 and variant: sample a model trained with "
+                       "--objective esolm")
+
+    def generate(p, g, hist):
+        return esolm_generate(
+            model, p, mask_id=mask_id, alpha0=alpha0, variant=variant, gen_length=cfg.gen_length, steps=cfg.steps,
+            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            eos_id=eos_id if cfg.stop_at_eos else None, generator=g, history=hist,
         )[0]
 
     return row_by_row(generate, prompt, prompt_mask, generator, history, takes_generator_list=True)
@@ -164,6 +184,7 @@ __all__ = [
     "ancestral_generate",
     "confidence_generate",
     "block_generate",
+    "esolm_generate",
     "num_transfer_tokens",
     "gumbel_noise",
     "sample_categorical",

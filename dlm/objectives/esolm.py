@@ -1,0 +1,199 @@
+"""Eso-LM (Sahoo et al. 2025, Esoteric Language Models): masked diffusion down to a partly masked z0, then an
+autoregressive pass that fills z0's masks left to right.
+
+alpha0 in [0, 1] is the expected fraction of tokens produced by diffusion. The schedule is alpha_t = alpha0 (1 - t)
+(``HybridSchedule``): each token is masked w.p. 1 - alpha_t, and z0 ~ q0 masks each token w.p. 1 - alpha0. For
+one sequence x of length L:
+
+    NELBO(x) = E_{z0 ~ q0} [ sum_{l masked in z0} -log p_theta(x^l | z0, x^{<l}) ]                    (AR part)
+             + int_0^1 w(t) E_{zt} [ sum_{l masked in zt} -log p_theta(x^l | zt) ] dt              (diffusion part)
+
+with w(t) = -alpha_t' / (1 - alpha_t) = alpha0 / (1 - alpha0 (1 - t)); an upper bound on -log p(x), tight for the
+data's exact conditionals. alpha0 = 1 is MDLM with the linear schedule; alpha0 = 0 is an AR model. SUBS as in
+``masked`` (no mass on the mask token, clean positions cost nothing); no time conditioning.
+
+Attention (True = attend) comes from per-position ranks instead of reordering the tokens; RoPE keeps the original
+positions. ``rank`` is a random permutation that puts every clean token before every masked one.
+- Diffusion pass on zt (``esolm_diffusion_mask``). Variant B (cacheable): i attends j iff rank[j] <= rank[i],
+  causal in permutation order. Variant A: clean tokens attend every clean token; a masked token attends every clean
+  token and itself (no mask-to-mask attention): better likelihood, no KV cache in the diffusion phase.
+- Sequential pass on [z0, x] (2L tokens, positions 0..L-1 twice; ``esolm_sequential_mask``): clean z0 tokens as in
+  the diffusion pass (restricted to clean z0 tokens); a masked z0 token i (whose logits predict x^i) attends the
+  clean z0 tokens, itself and the x copies of the z0-masked positions j < i; an x token j masked in z0 attends the
+  clean z0 tokens and the x copies of the z0-masked positions j' <= j; an x token clean in z0 attends itself only
+  (it is never attended to). This is what the cached sampler (``dlm.samplers.esolm``) sees, so its cache is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dlm.errors import DlmError
+from dlm.noise import mask_tokens, sample_times
+from dlm.noise.schedules import HybridSchedule
+from dlm.objectives.base import LossOutput
+from dlm.objectives.masked import subs_log_probs
+
+VARIANTS = ("A", "B")
+
+
+def random_ranks(clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """clean: bool [B, L] -> rank [B, L], a uniformly random permutation of 0..L-1 per row with every clean
+    position ranked before every masked one (one uniform per position)."""
+    u = torch.rand(clean.shape, generator=generator, device=clean.device)  # (B, L)
+    order = (u + (~clean).float() * 2.0).argsort(dim=1, stable=True)  # positions by rank
+    return order.argsort(dim=1)
+
+
+def esolm_diffusion_mask(clean: torch.Tensor, rank: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """bool [B, L, L] of the diffusion pass on zt (True = attend). clean: bool [B, L]; rank: [B, L] (variant B
+    only): B attends j iff rank[j] <= rank[i]; A attends every clean j, and a masked i also itself."""
+    if variant == "B":
+        return rank[:, None, :] <= rank[:, :, None]  # (B, L, L)
+    eye = torch.eye(clean.shape[1], dtype=torch.bool, device=clean.device)
+    return clean[:, None, :] | eye  # clean rows: the clean tokens (self included); masked rows: the clean tokens + self
+
+
+def esolm_sequential_mask(clean: torch.Tensor, rank: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """bool [B, 2L, 2L] of the sequential pass on [z0, x] (rows and columns 0..L-1: z0, L..2L-1: x).
+    clean: bool [B, L], the clean positions of z0; rank: [B, L] (variant B only)."""
+    L = clean.shape[1]
+    masked = ~clean
+    eye = torch.eye(L, dtype=torch.bool, device=clean.device)
+    before = torch.ones(L, L, dtype=torch.bool, device=clean.device).tril(-1)  # (L, L): j < i
+    clean_cols = clean[:, None, :]  # (B, 1, L)
+    # z0 rows: a clean token as in the diffusion pass over the clean tokens; a masked one sees the clean tokens + self
+    clean_rows = clean_cols if variant == "A" else clean_cols & (rank[:, None, :] <= rank[:, :, None])
+    z0_z0 = torch.where(clean[:, :, None], clean_rows, clean_cols | eye)  # (B, L, L)
+    z0_x = masked[:, :, None] & masked[:, None, :] & before  # masked i: x copies of masked j < i
+    # x rows: a token masked in z0 sees the clean z0 tokens and the x copies of masked j' <= j; a clean one itself
+    x_z0 = masked[:, :, None] & clean_cols
+    x_x = torch.where(masked[:, :, None], masked[:, None, :] & (before | eye), eye)
+    return torch.cat([torch.cat([z0_z0, z0_x], 2), torch.cat([x_z0, x_x], 2)], 1)  # (B, 2L, 2L)
+
+
+def esolm_diffusion_nll(model, x0, zt, masked, rank, variant: str, mask_id: int) -> torch.Tensor:
+    """sum_{l masked in zt} -log p_theta(x0^l | zt) per sequence [B]: one pass over zt."""
+    L = x0.shape[1]
+    attn_mask = esolm_diffusion_mask(~masked, rank, variant)  # (B, L, L)
+    logits = model(zt, None, attn_mask=attn_mask, positions=torch.arange(L, device=x0.device))  # (B, L, V)
+    nll = -subs_log_probs(logits, mask_id).gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
+    return torch.where(masked, nll, torch.zeros_like(nll)).sum(-1)
+
+
+def esolm_sequential_nll(model, x0, z0, masked, rank, variant: str, mask_id: int) -> torch.Tensor:
+    """sum_{l masked in z0} -log p_theta(x0^l | z0, x0^{<l}) per sequence [B]: one pass over [z0, x0]."""
+    L = x0.shape[1]
+    attn_mask = esolm_sequential_mask(~masked, rank, variant)  # (B, 2L, 2L)
+    positions = torch.arange(L, device=x0.device).repeat(2)  # (2L,)
+    logits = model(torch.cat([z0, x0], 1), None, attn_mask=attn_mask, positions=positions)[:, :L]  # (B, L, V)
+    nll = -subs_log_probs(logits, mask_id).gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
+    return torch.where(masked, nll, torch.zeros_like(nll)).sum(-1)
+
+
+def _esolm_draw(model, x0, t, alpha0: float, variant: str, mask_id: int, generator):
+    """One Monte Carlo draw at times t [B]: (per-sequence NELBO [B], fraction masked in zt, fraction masked in z0).
+
+    Draws, in this order: the zt masks (one uniform per position, as ``mask_tokens``); variant B with alpha0 > 0:
+    zt's ranks; alpha0 < 1: z0's masks, then (variant B) z0's ranks. Which draws happen depends on alpha0 and the
+    variant only, so with alpha0 = 1, variant A, the draws are those of ``masked_nelbo(schedule="linear")``."""
+    schedule = HybridSchedule(alpha0)
+    B = x0.shape[0]
+    total = torch.zeros(B, device=x0.device)
+    # 1. diffusion part: zt ~ q_t, w(t) * sum_{masked in zt} -log p(x^l | zt); w = 0 when alpha0 = 0
+    zt, masked = mask_tokens(x0, t, schedule, mask_id, generator)  # (B, L), (B, L)
+    if alpha0 > 0:
+        rank = random_ranks(~masked, generator) if variant == "B" else None
+        total = total + schedule.weight(t) * esolm_diffusion_nll(model, x0, zt, masked, rank, variant, mask_id)
+    # 2. sequential part: z0 ~ q0, sum_{masked in z0} -log p(x^l | z0, x^{<l}); nothing is masked when alpha0 = 1
+    masked0 = torch.zeros_like(masked)
+    if alpha0 < 1:
+        z0, masked0 = mask_tokens(x0, torch.zeros_like(t), schedule, mask_id, generator)
+        rank0 = random_ranks(~masked0, generator) if variant == "B" else None
+        if masked0.any():
+            total = total + esolm_sequential_nll(model, x0, z0, masked0, rank0, variant, mask_id)
+    return total, masked.float().mean(), masked0.float().mean()
+
+
+def _check(alpha0: float, variant: str) -> None:
+    if not 0.0 <= alpha0 <= 1.0:
+        raise DlmError(f"alpha0 must be in [0, 1] (the expected fraction of tokens made by diffusion), got {alpha0}")
+    if variant not in VARIANTS:
+        raise DlmError(f"unknown Eso-LM variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+
+
+def esolm_nelbo(
+    model,
+    x0: torch.Tensor,
+    *,
+    alpha0: float,
+    variant: str,
+    mask_id: int,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    antithetic: bool = True,
+    t_min: float = 1e-3,
+) -> torch.Tensor:
+    """Per-sequence Eso-LM NELBO in nats, [B]: the mean of ``num_samples`` Monte Carlo draws.
+
+    ``model(x: LongTensor[B, Lx], t=None, *, attn_mask: bool[B, Lx, Lx], positions: LongTensor[Lx]) -> logits
+    [B, Lx, V]`` can be any callable (Lx = L for the diffusion pass, 2L for the sequential one). Times as in
+    ``masked_nelbo``: all B * num_samples drawn together (antithetic) in [t_min, 1]."""
+    if num_samples < 1:
+        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
+    _check(alpha0, variant)
+    B = x0.shape[0]
+    t_all = sample_times(
+        num_samples * B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device
+    ).view(num_samples, B)  # row s: the s-th draw of every sequence
+    total = torch.zeros(B, device=x0.device)
+    for s in range(num_samples):
+        total = total + _esolm_draw(model, x0, t_all[s], alpha0, variant, mask_id, generator)[0]
+    return total / num_samples
+
+
+def esolm_loss(
+    model,
+    x0: torch.Tensor,
+    *,
+    mask_id: int,
+    alpha0: float,
+    variant: str,
+    generator: torch.Generator | None = None,
+    antithetic: bool = True,
+    **_,
+) -> LossOutput:
+    """Training loss: the NELBO of one draw per sequence, in nats per token."""
+    _check(alpha0, variant)
+    t = sample_times(x0.shape[0], generator=generator, antithetic=antithetic, device=x0.device)  # (B,)
+    nelbo, masked_frac, ar_frac = _esolm_draw(model, x0, t, alpha0, variant, mask_id, generator)
+    return LossOutput(loss=nelbo.mean() / x0.shape[1],
+                      metrics={"masked_frac": masked_frac.item(), "ar_frac": ar_frac.item()})
+
+
+def esolm_sequence_nll(model, x0, *, mask_id: int, alpha0: float, variant: str, num_samples=1, generator=None,
+                       **_) -> torch.Tensor:
+    """The bound for ``dlm eval`` (the schedule is alpha0 (1 - t), whatever ``schedule`` says)."""
+    return esolm_nelbo(model, x0, alpha0=alpha0, variant=variant, mask_id=mask_id, num_samples=num_samples,
+                       generator=generator)
+
+
+def esolm_options(cfg) -> dict:
+    """Keyword arguments of ``esolm_loss`` / ``esolm_sequence_nll`` from a ``RunConfig``."""
+    return {"alpha0": cfg.train.alpha0, "variant": cfg.train.variant}
+
+
+def configure_esolm(cfg) -> None:
+    """Check a ``RunConfig`` for Eso-LM before anything is built (one-line errors)."""
+    tc = cfg.train
+    if not 0.0 <= tc.alpha0 <= 1.0:
+        raise DlmError(f"--alpha0 {tc.alpha0} must be in [0, 1] (the expected fraction of tokens made by diffusion; "
+                       f"1 = masked diffusion, 0 = autoregressive)")
+    if tc.variant not in VARIANTS:
+        raise DlmError(f"--variant {tc.variant} is not an Eso-LM variant; choose A (better likelihood) or B "
+                       f"(KV cache in both phases)")
+    if tc.schedule != "linear":
+        raise DlmError(f"--objective esolm fixes its schedule to alpha_t = alpha0 (1 - t), not {tc.schedule!r}; "
+                       f"drop --schedule")
+    if cfg.model.time_conditioning:
+        raise DlmError("esolm models take no time (SUBS): drop model.time_conditioning")
