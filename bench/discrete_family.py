@@ -66,16 +66,17 @@ def train(name: str, run: Path, args) -> dict:
 def load_sampler(name: str, run: Path):
     """(model, tokenizer, cfg, run_sampler(prompt, SampleConfig, generator) -> tokens) of a trained model."""
     import dlm as dlm_api
-    from dlm.samplers import SAMPLERS
+    from dlm.samplers import SAMPLERS, model_options
 
     model, tokenizer, cfg = dlm_api.load(run)
     model.eval()
-    kw = dict(mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, prompt_mask=None,
-              time_conditioned=cfg.model.time_conditioning, history=None, graph=cfg.train.graph,
-              vocab_size=cfg.model.vocab_size, block_size=cfg.train.block_size,
-              alpha0=getattr(cfg.train, "alpha0", None), variant=getattr(cfg.train, "variant", None))
+    kw = model_options(cfg, tokenizer)
     sampler = SAMPLERS.get(MODELS[name][1])
-    return model, tokenizer, cfg, lambda prompt, sc, generator: sampler(model, prompt, sc, generator=generator, **kw)
+
+    def run_sampler(prompt, sc, generator):
+        return sampler(model, prompt, sc, generator=generator, prompt_mask=None, history=None, **kw)
+
+    return model, tokenizer, cfg, run_sampler
 
 
 def timed_samples(name: str, run: Path, args, count: int) -> tuple[list[list[int]], list[float], object]:

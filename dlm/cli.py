@@ -209,7 +209,7 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
     import torch
 
     from dlm.objectives import OBJECTIVES
-    from dlm.samplers import CACHES, SAMPLERS, SampleConfig, left_pad
+    from dlm.samplers import CACHES, SAMPLERS, SampleConfig, left_pad, model_options
 
     objective = OBJECTIVES.get(cfg.train.objective)
     name = sampler or objective.samplers[0]
@@ -244,12 +244,8 @@ def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, bloc
     tokens, mask = left_pad(encoded, tokenizer.pad_id)
     history: list | None = [] if show_steps else None
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    out = run(
-        model, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-        prompt_mask=mask, time_conditioned=cfg.model.time_conditioning, generator=generators, history=history,
-        graph=cfg.train.graph, vocab_size=cfg.model.vocab_size,
-        block_size=cfg.train.block_size, alpha0=cfg.train.alpha0, variant=cfg.train.variant,
-    )
+    out = run(model, tokens, sc, prompt_mask=mask, generator=generators, history=history,
+              **model_options(cfg, tokenizer))
     if history:
         typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")
         width = len(str(len(history)))

@@ -81,7 +81,7 @@ class CallCounter:
 def generate_timed(model, tokenizer, cfg, setting: Setting, prompts: list[list[int]], *, gen_length: int,
                    batch_size: int, seed: int) -> dict:
     """One continuation per prompt, ``batch_size`` at a time: samples (generated ids), seconds, calls per batch."""
-    from dlm.samplers import SAMPLERS, SampleConfig, left_pad
+    from dlm.samplers import SAMPLERS, SampleConfig, left_pad, model_options
 
     sc = SampleConfig(
         gen_length=gen_length, steps=setting.steps or gen_length, block_length=setting.block_length,
@@ -95,8 +95,8 @@ def generate_timed(model, tokenizer, cfg, setting: Setting, prompts: list[list[i
         generators = [torch.Generator().manual_seed(seed + first + i) for i in range(tokens.shape[0])]
         start = time.perf_counter()
         with torch.inference_mode():
-            out = run(counter, tokens, sc, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, prompt_mask=mask,
-                      time_conditioned=cfg.model.time_conditioning, generator=generators, history=None)
+            out = run(counter, tokens, sc, prompt_mask=mask, generator=generators, history=None,
+                      **model_options(cfg, tokenizer))
         times.append(time.perf_counter() - start)
         samples += out[:, tokens.shape[1]:].tolist()
     n = len(prompts)

@@ -37,6 +37,18 @@ class SampleConfig:
     schedule: str = "loglinear"
 
 
+def model_options(run_config, tokenizer) -> dict:
+    """The keyword arguments a trained model gives every ``SAMPLERS`` entry: its tokenizer's special ids and its
+    run config's objective settings (time conditioning, SEDD graph, vocabulary, BD3-LM block size, Eso-LM alpha0
+    and variant); each sampler takes those it needs."""
+    cfg = run_config
+    return dict(
+        mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        time_conditioned=cfg.model.time_conditioning, graph=cfg.train.graph, vocab_size=cfg.model.vocab_size,
+        block_size=cfg.train.block_size, alpha0=cfg.train.alpha0, variant=cfg.train.variant,
+    )
+
+
 # Each entry: (model, prompt, cfg, *, mask_id, eos_id, pad_id, time_conditioned, prompt_mask, generator, history,
 # graph, vocab_size, block_size, alpha0, variant) -> tokens; block_size is the model's training block size
 # (bd3lm), alpha0 and variant its Eso-LM settings (esolm); other models ignore them
@@ -178,6 +190,7 @@ __all__ = [
     "CACHES",
     "SAMPLERS",
     "SampleConfig",
+    "model_options",
     "left_pad",
     "REMASKING",
     "ar_generate",
