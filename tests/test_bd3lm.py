@@ -2,15 +2,11 @@
 training times, the block sampler with its exact KV cache, and the CLI end to end."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from dlm.config import ModelConfig
 from dlm.errors import DlmError
-from dlm.models.transformer import Transformer
 from dlm.noise.block import sample_block_times
 from dlm.objectives import (
     OBJECTIVES,
@@ -23,22 +19,7 @@ from dlm.objectives import (
 )
 from dlm.samplers import SAMPLERS, SampleConfig, block_generate, left_pad
 from toy import ToyDistribution
-
-
-def dlm(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return proc
-
-
-def tiny_transformer(seed=0, vocab=32):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():  # sharper than the 0.02 init, so that draws depend on the context
-        model.head.weight.mul_(20.0)
-    return model
+from helpers import dlm, sharp_transformer
 
 
 def exact_bd3(toy: ToyDistribution, block_size: int):
@@ -80,7 +61,7 @@ def test_attention_masks_are_the_hand_written_matrices():
 def test_block_size_L_is_the_masked_nelbo_on_the_same_draws(schedule):
     """k = L: the same generator gives the same times and masks as masked_nelbo (times first, then one uniform per
     position, per draw), and a Transformer's xt half sees xt alone, so the bounds agree."""
-    model = tiny_transformer()
+    model = sharp_transformer()
     x0 = torch.randint(0, 31, (4, 8), generator=torch.Generator().manual_seed(1))
     kw = dict(mask_id=31, schedule=schedule, num_samples=3)
     mdlm = masked_nelbo(model, x0, generator=torch.Generator().manual_seed(2), **kw)
@@ -130,7 +111,7 @@ def test_training_clips_the_block_times_and_eval_does_not():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("prompt_len", [0, 3, 4])
 def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len):
-    model = tiny_transformer(seed)
+    model = sharp_transformer(seed)
     prompt = torch.randint(0, 30, (3, prompt_len), generator=torch.Generator().manual_seed(10 + seed))
     kw = dict(mask_id=31, block_size=4, gen_length=10, steps_per_block=3, temperature=1.0)
     cached, nfe_cached = block_generate(model, prompt, use_cache=True, generator=torch.Generator().manual_seed(seed),
@@ -166,7 +147,7 @@ def test_block_sampler_with_the_exact_model_draws_the_data_distribution():
 def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_samples():
     objective = OBJECTIVES.get("bd3lm")
     assert objective.is_bound and not objective.causal and objective.samplers == ("block",)
-    model = tiny_transformer(3)
+    model = sharp_transformer(3)
     tokens, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 5]], pad_id=30)
     cfg = SampleConfig(gen_length=7, steps=6, temperature=1.0, stop_at_eos=True)
     run = SAMPLERS.get("block")

@@ -1,17 +1,10 @@
 """The `dlm` command end to end, as a user runs it (subprocesses, tiny preset)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def dlm(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return proc
+from helpers import dlm
 
 
 def test_help_lists_the_verbs():

@@ -3,8 +3,6 @@ rounding, and `dlm train/sample/eval --objective diffusion-lm` end to end on the
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,13 +17,7 @@ from dlm.objectives.embedding import diffusion_lm_loss, diffusion_lm_nelbo, firs
 from dlm.presets import preset_config
 from dlm.samplers import SAMPLERS
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
-
-
-def dlm(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return proc
+from helpers import dlm
 
 
 @pytest.fixture(scope="module")

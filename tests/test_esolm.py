@@ -2,8 +2,6 @@
 in between for the exact model), training, the sampler with its exact KV cache, and the CLI end to end."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,22 +23,7 @@ from dlm.objectives import (
 )
 from dlm.samplers import SAMPLERS, SampleConfig, esolm_generate, left_pad
 from toy import ToyDistribution
-
-
-def dlm(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return proc
-
-
-def tiny_transformer(seed=0, vocab=32):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():  # sharper than the 0.02 init, so that draws depend on the context
-        model.head.weight.mul_(20.0)
-    return model
+from helpers import dlm, sharp_transformer
 
 
 def oracle(toy: ToyDistribution, wrong: float = 0.0):
@@ -165,7 +148,7 @@ class Counter:
 @pytest.mark.parametrize("alpha0", [0.25, 1.0])
 @pytest.mark.parametrize("variant", ["A", "B"])
 def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len, alpha0, variant):
-    model = tiny_transformer(seed)
+    model = sharp_transformer(seed)
     prompt = torch.randint(0, 30, (2, prompt_len), generator=torch.Generator().manual_seed(10 + seed))
     kw = dict(mask_id=31, alpha0=alpha0, variant=variant, gen_length=16, steps=4, temperature=1.0)
     runs = {}
@@ -196,7 +179,7 @@ def test_sampler_with_the_exact_model_draws_the_data_distribution():
 
 
 def test_history_eos_and_the_diffusion_share():
-    model = tiny_transformer(1)
+    model = sharp_transformer(1)
     prompt = torch.randint(0, 30, (8, 2), generator=torch.Generator().manual_seed(0))
     history = []
     out, nfe = esolm_generate(model, prompt, mask_id=31, alpha0=0.5, variant="B", gen_length=32, steps=8,
@@ -215,7 +198,7 @@ def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_sampl
     objective = OBJECTIVES.get("esolm")
     assert objective.is_bound and not objective.causal and objective.samplers == ("esolm",)
     assert objective.default_schedule == "linear"
-    model = tiny_transformer(3)
+    model = sharp_transformer(3)
     tokens, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 5]], pad_id=30)
     cfg = SampleConfig(gen_length=7, steps=4, temperature=1.0, stop_at_eos=True)
     run = SAMPLERS.get("esolm")

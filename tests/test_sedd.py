@@ -4,8 +4,6 @@ sedd` end to end on the tiny preset."""
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,13 +17,7 @@ from dlm.objectives.score_entropy import log_ratios
 from dlm.samplers import SAMPLERS, SampleConfig, left_pad
 from dlm.samplers.score_entropy import sedd_generate
 from toy import ToyDistribution
-
-
-def dlm(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dlm.cli", *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dlm {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return proc
+from helpers import dlm
 
 
 # --- exact ratios of the toy distribution ------------------------------------------------------------------------
