@@ -26,11 +26,11 @@ import math
 
 import torch
 
-from dlm.noise import get_schedule, sample_times
+from dlm.noise import get_schedule
 from dlm.noise.schedules import Schedule
 from dlm.objectives.base import LossOutput
 from dlm.objectives.masked import subs_log_probs
-from dlm.objectives.score_entropy import _draw, _prior, score_entropy_nelbo
+from dlm.objectives.score_entropy import score_entropy_nelbo, sedd_loss
 
 
 def mean_log_ratios(logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, schedule: Schedule,
@@ -89,14 +89,10 @@ def udlm_loss(
     t_min: float = 1e-3,
     **_,
 ) -> LossOutput:
-    """Training loss: the NELBO of one draw per sequence, in nats per token."""
-    schedule = get_schedule(schedule)
-    B, L = x0.shape
-    t = sample_times(B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device)  # (B,)
-    integrand, noised = _draw(MeanRatios(model, schedule, mask_id), x0, t, schedule, "uniform", mask_id,
-                              vocab_size, generator)
-    nelbo = (1.0 - t_min) * integrand.float() + _prior("uniform", schedule, L, vocab_size)  # (B,)
-    return LossOutput(loss=nelbo.mean() / L, metrics={"noised_frac": noised.item()})
+    """Training loss: the NELBO of one draw per sequence, in nats per token (``sedd_loss`` on the mean ratios)."""
+    return sedd_loss(MeanRatios(model, schedule, mask_id), x0, graph="uniform", mask_id=mask_id,
+                     vocab_size=vocab_size, schedule=schedule, generator=generator, antithetic=antithetic,
+                     t_min=t_min)
 
 
 def udlm_sequence_nll(model, x0, *, mask_id: int, vocab_size: int, schedule="loglinear", num_samples=1,
