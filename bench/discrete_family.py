@@ -12,8 +12,11 @@ objective's bound otherwise), then `--samples` unconditional samples of `--gen-l
 gen-length: AR decodes one token per call; BD3-LM spreads the steps over its blocks; Eso-LM's diffusion phase
 runs on that grid and its sequential phase decodes the rest), timed after one untimed warm-up. Quality of the
 samples: generative perplexity under `--reference` (SmolLM2-135M by default, `make bench-deps`) and the mean
-unigram entropy of a sample (nats, over our token ids). Results: docs/bench/discrete_family.json and the
-`discrete_family` section of docs/RESULTS.md. A model's evaluation is cached in its run folder (bench.json) and
+unigram entropy of a sample (nats, over our token ids). A reference row, `unigram`, is the context-free model:
+the add-one-smoothed token frequencies of the training split (its validation NLL is exact; its samples are
+--samples draws of --gen-length i.i.d. tokens from it, seed i): a model near it has learned little beyond which
+tokens are frequent. Results: docs/bench/discrete_family.json and the `discrete_family` section of
+docs/RESULTS.md. A model's evaluation is cached in its run folder (bench.json) and
 redone only with --redo.
 """
 
@@ -118,10 +121,52 @@ def sample(name: str, run: Path, args, reference) -> dict:
     }
 
 
+def unigram_reference(run: Path, args, reference) -> dict:
+    """The context-free baseline on the same tokens: add-one-smoothed training-split token frequencies (the special
+    ids excluded), its exact NLL on the validation sequences that ``dlm eval`` scores, and samples drawn from it."""
+    import math
+
+    import numpy as np
+    import torch
+
+    import dlm as dlm_api
+    from dlm.data.packing import load_packed
+    from dlm.eval.generative import generative_perplexity, unigram_entropy
+
+    _, tokenizer, cfg = dlm_api.load(run)
+    _, train_set, val_set = load_packed(cfg.data, tokenizer)
+    V = cfg.model.vocab_size
+    counts = np.bincount(np.asarray(train_set.tokens), minlength=V).astype(np.float64) + 1.0
+    counts[[tokenizer.mask_id, tokenizer.pad_id]] = 0.0
+    with np.errstate(divide="ignore"):  # -inf for the mask and pad ids, which no data token is
+        log_p = np.log(counts / counts.sum())
+    tokens = len(val_set) * val_set.seq_len
+    val = np.asarray(val_set.tokens[:tokens])
+    nats = float(-log_p[val].sum())
+    text_bytes = len(tokenizer.decode(val).encode("utf-8"))
+    probs = torch.from_numpy(counts / counts.sum())
+    samples = [torch.multinomial(probs, args.gen_length, replacement=True,
+                                 generator=torch.Generator().manual_seed(i)).tolist() for i in range(args.samples)]
+    special = {tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id}
+    texts = [tokenizer.decode(s) for s in samples]
+    return {
+        "eval": {"objective": "unigram", "nats_per_token": nats / tokens, "ppl": math.exp(nats / tokens),
+                 "bits_per_byte": nats / math.log(2) / text_bytes, "is_bound": False, "tokens": tokens,
+                 "bytes": text_bytes, "mc_draws": 0},
+        "sample": {"sampler": "i.i.d. draws", "gen_ppl": generative_perplexity(reference, texts),
+                   "entropy": unigram_entropy([[t for t in s if t not in special] for s in samples]),
+                   "examples": [x[:300].replace("\n", " ") for x in texts[:2]]},
+    }
+
+
 def render(results: dict, args) -> str:
     cmd = f"python bench/discrete_family.py --max-steps {args.max_steps} --out {args.out}"
     if args.preset != "small":
         cmd += f" --preset {args.preset}"
+    if args.only != list(MODELS):
+        cmd += " --only " + " ".join(args.only)
+    if args.section != "discrete_family":
+        cmd += f" --section {args.section}"
     rows = []
     for name, m in results["models"].items():
         e, s = m["eval"], m["sample"]
@@ -130,10 +175,14 @@ def render(results: dict, args) -> str:
             f"| {name} | {m['tokens_seen']:,} | {m['train_seconds'] / 60:.1f} | {rel} {e['ppl']:.1f} "
             f"| {rel} {e['bits_per_byte']:.3f} | {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['sampler']} "
             f"| {s['seconds_per_sample']:.2f} |")
+    if "unigram" in results:
+        e, s = results["unigram"]["eval"], results["unigram"]["sample"]
+        rows.append(f"| unigram (reference) | training counts | - | = {e['ppl']:.1f} | = {e['bits_per_byte']:.3f} "
+                    f"| {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['sampler']} | - |")
     examples = [f"- **{name}**: {m['sample']['examples'][0]}" for name, m in results["models"].items()]
     any_eval = next(iter(results["models"].values()))["eval"]
     draws = max(m["eval"].get("mc_draws", 0) for m in results["models"].values())
-    return f"""## The discrete family side by side (`{args.preset}`, same tokens)
+    return f"""## The discrete family side by side (`{args.preset}`, {args.max_steps} steps of training each)
 
 Command: `{cmd}`
 Machine: {machine_line(results['machine'])}
@@ -144,7 +193,8 @@ Every model is the same `{args.preset}` backbone (17M parameters for `small`) tr
 Monte Carlo draws per sequence). Samples: {args.samples} unconditional samples of {args.gen_length} tokens per
 model at batch 1 (seed i for sample i, temperature 1, {args.gen_length} denoising steps), generative perplexity
 under {results['reference']} and mean unigram entropy (nats; a degenerate, repetitive sample has a low one); time
-= wall-clock seconds per {args.gen_length}-token sample, one sample at a time, after a warm-up.
+= wall-clock seconds per {args.gen_length}-token sample, one sample at a time, after a warm-up. `unigram` is the
+context-free reference: the add-one-smoothed token frequencies of the training split (exact NLL; i.i.d. samples).
 
 | model | training tokens | train minutes | val perplexity | bits/byte | gen PPL | entropy | sampler | s / sample |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |
@@ -164,6 +214,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=40, help="training steps of 16 x 256 tokens per model")
     ap.add_argument("--warmup", type=int, default=4, help="learning-rate warm-up steps")
     ap.add_argument("--out", default="runs/discrete")
+    ap.add_argument("--section", default="discrete_family",
+                    help="results name: docs/bench/SECTION.json and that section of docs/RESULTS.md")
     ap.add_argument("--only", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="NAME",
                     help=f"models to run (default all): {', '.join(MODELS)}")
     ap.add_argument("--stage", choices=("train", "all", "time"), default="all",
@@ -206,8 +258,9 @@ def main() -> None:
         cached.write_text(json.dumps(entry, indent=2) + "\n")
         results["models"][name] = entry
         print(name, json.dumps({k: v for k, v in entry["sample"].items() if k != "seconds"}), flush=True)
+    results["unigram"] = unigram_reference(out / args.only[0], args, reference)  # the runs share data and tokenizer
     md = render(results, args)
-    write_results("discrete_family", results, md)
+    write_results(args.section, results, md)
     print(md)
 
 

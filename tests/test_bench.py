@@ -8,7 +8,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.eval.generative import distinct_n, generative_perplexity, load_reference, unigram_entropy
-from test_cli import dlm
+from helpers import dlm
 
 
 def test_unigram_entropy_and_distinct_2_exact():
@@ -65,3 +65,36 @@ def test_bench_sample_end_to_end(tiny_mdlm_run, tiny_ar_run, tmp_path):
 def test_bench_sample_rejects_an_ar_run_first(tiny_ar_run):
     proc = dlm("bench", "sample", tiny_ar_run, "--reference", tiny_ar_run, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "is an AR model" in proc.stderr
+
+
+def test_discrete_family_unigram_reference_is_a_normalised_context_free_model(tiny_ar_run):
+    """The benchmark's context-free row: exact NLL over the tokens `dlm eval` scores, at least the entropy of the
+    validation tokens' own frequencies (Gibbs), and seeded i.i.d. samples."""
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    import numpy as np
+
+    import dlm as dlm_api
+    from dlm.data.packing import load_packed
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import discrete_family
+
+    class Lengths:  # a reference that scores each text by its length, to check what reaches it
+        def nll(self, texts, contexts=None):
+            return [float(len(x)) for x in texts], [max(1, len(x)) for x in texts]
+
+    _, tok, cfg = dlm_api.load(tiny_ar_run)
+    row = discrete_family.unigram_reference(tiny_ar_run, Namespace(gen_length=40, samples=3), Lengths())
+    report = json.loads(dlm("eval", tiny_ar_run, "--json").stdout)
+    assert row["eval"]["tokens"] == report["tokens"] and row["eval"]["bytes"] == report["bytes"]
+    _, _, val = load_packed(cfg.data, tok)
+    freq = np.bincount(np.asarray(val.tokens[: report["tokens"]]), minlength=cfg.model.vocab_size) / report["tokens"]
+    own_entropy = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
+    assert own_entropy < row["eval"]["nats_per_token"] < math.log(cfg.model.vocab_size - 2)
+    assert row["eval"]["ppl"] == pytest.approx(math.exp(row["eval"]["nats_per_token"]))
+    assert row["sample"]["gen_ppl"] > 1.0 and 0.0 < row["sample"]["entropy"] <= math.log(40)
+    again = discrete_family.unigram_reference(tiny_ar_run, Namespace(gen_length=40, samples=3), Lengths())
+    assert again == row  # seeded draws
