@@ -106,24 +106,31 @@ def timed_samples(name: str, run: Path, args, count: int) -> tuple[list[list[int
     return samples, seconds, tokenizer
 
 
-def sample(name: str, run: Path, args, reference) -> dict:
-    """``args.samples`` unconditional samples at batch 1, timed; their gen-PPL and entropy."""
+def quality(samples: list[list[int]], tokenizer, reference) -> dict:
+    """Generative perplexity of the decoded samples under ``reference``, their mean unigram entropy over the ids
+    other than the special ones, and the start of the first two."""
     from dlm.eval.generative import generative_perplexity, unigram_entropy
 
-    samples, seconds, tokenizer = timed_samples(name, run, args, args.samples)
     special = {tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id}
     texts = [tokenizer.decode([t for t in s if t != tokenizer.mask_id]) for s in samples]
     words = [[t for t in s if t not in special] for s in samples]
+    return {"gen_ppl": generative_perplexity(reference, texts), "entropy": unigram_entropy(words),
+            "examples": [t[:300].replace("\n", " ") for t in texts[:2]]}
+
+
+def sample(name: str, run: Path, args, reference) -> dict:
+    """``args.samples`` unconditional samples at batch 1, timed; their gen-PPL and entropy."""
+    samples, seconds, tokenizer = timed_samples(name, run, args, args.samples)
     return {
         "sampler": MODELS[name][1], "steps": args.gen_length, "seconds_per_sample": sum(seconds) / len(seconds),
-        "seconds": seconds, "gen_ppl": generative_perplexity(reference, texts), "entropy": unigram_entropy(words),
-        "examples": [t[:300].replace("\n", " ") for t in texts[:2]],
+        "seconds": seconds, **quality(samples, tokenizer, reference),
     }
 
 
 def unigram_reference(run: Path, args, reference) -> dict:
-    """The context-free baseline on the same tokens: add-one-smoothed training-split token frequencies (the special
-    ids excluded), its exact NLL on the validation sequences that ``dlm eval`` scores, and samples drawn from it."""
+    """The context-free baseline on the same tokens: add-one-smoothed training-split token frequencies (no mass on
+    the mask and pad ids), its exact NLL on the validation sequences that ``dlm eval`` scores, and samples drawn
+    from it."""
     import math
 
     import numpy as np
@@ -131,42 +138,36 @@ def unigram_reference(run: Path, args, reference) -> dict:
 
     import dlm as dlm_api
     from dlm.data.packing import load_packed
-    from dlm.eval.generative import generative_perplexity, unigram_entropy
 
     _, tokenizer, cfg = dlm_api.load(run)
     _, train_set, val_set = load_packed(cfg.data, tokenizer)
-    V = cfg.model.vocab_size
-    counts = np.bincount(np.asarray(train_set.tokens), minlength=V).astype(np.float64) + 1.0
+    counts = np.bincount(np.asarray(train_set.tokens), minlength=cfg.model.vocab_size).astype(np.float64) + 1.0
     counts[[tokenizer.mask_id, tokenizer.pad_id]] = 0.0
+    p = counts / counts.sum()
     with np.errstate(divide="ignore"):  # -inf for the mask and pad ids, which no data token is
-        log_p = np.log(counts / counts.sum())
+        log_p = np.log(p)
     tokens = len(val_set) * val_set.seq_len
     val = np.asarray(val_set.tokens[:tokens])
     nats = float(-log_p[val].sum())
     text_bytes = len(tokenizer.decode(val).encode("utf-8"))
-    probs = torch.from_numpy(counts / counts.sum())
+    probs = torch.from_numpy(p)
     samples = [torch.multinomial(probs, args.gen_length, replacement=True,
                                  generator=torch.Generator().manual_seed(i)).tolist() for i in range(args.samples)]
-    special = {tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id}
-    texts = [tokenizer.decode(s) for s in samples]
     return {
         "eval": {"objective": "unigram", "nats_per_token": nats / tokens, "ppl": math.exp(nats / tokens),
                  "bits_per_byte": nats / math.log(2) / text_bytes, "is_bound": False, "tokens": tokens,
                  "bytes": text_bytes, "mc_draws": 0},
-        "sample": {"sampler": "i.i.d. draws", "gen_ppl": generative_perplexity(reference, texts),
-                   "entropy": unigram_entropy([[t for t in s if t not in special] for s in samples]),
-                   "examples": [x[:300].replace("\n", " ") for x in texts[:2]]},
+        "sample": {"sampler": "i.i.d. draws", **quality(samples, tokenizer, reference)},
     }
 
 
-def render(results: dict, args) -> str:
+def render(results: dict, args, defaults: dict) -> str:
+    """The Markdown section; ``defaults`` (the parser's) tell which options the printed command must carry."""
     cmd = f"python bench/discrete_family.py --max-steps {args.max_steps} --out {args.out}"
-    if args.preset != "small":
-        cmd += f" --preset {args.preset}"
-    if args.only != list(MODELS):
-        cmd += " --only " + " ".join(args.only)
-    if args.section != "discrete_family":
-        cmd += f" --section {args.section}"
+    for key in ("preset", "warmup", "num_samples", "samples", "gen_length", "reference", "only", "section"):
+        value = getattr(args, key)
+        if value != defaults[key]:
+            cmd += f" --{key.replace('_', '-')} " + (" ".join(value) if isinstance(value, list) else str(value))
     rows = []
     for name, m in results["models"].items():
         e, s = m["eval"], m["sample"]
@@ -259,7 +260,7 @@ def main() -> None:
         results["models"][name] = entry
         print(name, json.dumps({k: v for k, v in entry["sample"].items() if k != "seconds"}), flush=True)
     results["unigram"] = unigram_reference(out / args.only[0], args, reference)  # the runs share data and tokenizer
-    md = render(results, args)
+    md = render(results, args, vars(ap.parse_args([])))
     write_results(args.section, results, md)
     print(md)
 

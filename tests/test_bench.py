@@ -82,9 +82,12 @@ def test_discrete_family_unigram_reference_is_a_normalised_context_free_model(ti
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import discrete_family
 
-    class Lengths:  # a reference that scores each text by its length, to check what reaches it
+    class Lengths:  # a reference that scores each text one nat per character, and keeps what reached it
+        seen = []
+
         def nll(self, texts, contexts=None):
-            return [float(len(x)) for x in texts], [max(1, len(x)) for x in texts]
+            self.seen.append(texts)
+            return [float(len(x)) for x in texts], [len(x) for x in texts]
 
     _, tok, cfg = dlm_api.load(tiny_ar_run)
     row = discrete_family.unigram_reference(tiny_ar_run, Namespace(gen_length=40, samples=3), Lengths())
@@ -95,6 +98,7 @@ def test_discrete_family_unigram_reference_is_a_normalised_context_free_model(ti
     own_entropy = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
     assert own_entropy < row["eval"]["nats_per_token"] < math.log(cfg.model.vocab_size - 2)
     assert row["eval"]["ppl"] == pytest.approx(math.exp(row["eval"]["nats_per_token"]))
-    assert row["sample"]["gen_ppl"] > 1.0 and 0.0 < row["sample"]["entropy"] <= math.log(40)
+    assert len(Lengths.seen) == 1 and len(Lengths.seen[0]) == 3 and all(Lengths.seen[0])  # 3 non-empty texts
+    assert row["sample"]["gen_ppl"] == pytest.approx(math.e) and 0.0 < row["sample"]["entropy"] <= math.log(40)
     again = discrete_family.unigram_reference(tiny_ar_run, Namespace(gen_length=40, samples=3), Lengths())
     assert again == row  # seeded draws
