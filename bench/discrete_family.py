@@ -66,44 +66,24 @@ def train(name: str, run: Path, args) -> dict:
     return json.loads(state.read_text())
 
 
-def load_sampler(name: str, run: Path):
-    """(model, tokenizer, cfg, run_sampler(prompt, SampleConfig, generator) -> tokens) of a trained model."""
-    import dlm as dlm_api
-    from dlm.samplers import SAMPLERS, model_options
-
-    model, tokenizer, cfg = dlm_api.load(run)
-    model.eval()
-    kw = model_options(cfg, tokenizer)
-    sampler = SAMPLERS.get(MODELS[name][1])
-
-    def run_sampler(prompt, sc, generator):
-        return sampler(model, prompt, sc, generator=generator, prompt_mask=None, history=None, **kw)
-
-    return model, tokenizer, cfg, run_sampler
-
-
 def timed_samples(name: str, run: Path, args, count: int) -> tuple[list[list[int]], list[float], object]:
-    """``count`` unconditional samples at batch 1 (sample i with seed i) and their wall-clock seconds, after one
-    untimed warm-up (allocator, kernels)."""
+    """``count`` unconditional samples at batch 1 (sample i with seed i) with the model's own sampler, temperature
+    1 where it has one, one step per token, and their wall-clock seconds, after one untimed warm-up."""
     import torch
 
-    from dlm.samplers import SampleConfig
+    from dlm.engine import Engine
+    from dlm.samplers import SAMPLERS, user_fields
 
-    model, tokenizer, cfg, run_sampler = load_sampler(name, run)
-    sc = SampleConfig(gen_length=args.gen_length, steps=args.gen_length, temperature=1.0, stop_at_eos=False,
-                      schedule=cfg.train.schedule)
-    empty = torch.empty(1, 0, dtype=torch.long)
+    engine = Engine.load(run)
+    sampler = MODELS[name][1]
+    takes = user_fields(SAMPLERS.get(sampler).config)
+    options = {k: v for k, v in {"steps": args.gen_length, "temperature": 1.0}.items() if k in takes}
+    run_once = lambda seed, length, **kw: engine.generate_ids(  # noqa: E731
+        [[]], sampler, seed, gen_length=length, stop_at_eos=False, **kw)[0]
     with torch.inference_mode():
-        run_sampler(empty, SampleConfig(gen_length=16, steps=16, schedule=cfg.train.schedule),
-                    [torch.Generator().manual_seed(10_000)])
-    samples, seconds = [], []
-    for i in range(count):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = run_sampler(empty, sc, [torch.Generator().manual_seed(i)])
-        seconds.append(time.perf_counter() - start)
-        samples.append(out[0].tolist())
-    return samples, seconds, tokenizer
+        run_once(10_000, 16, **{k: 16 if k == "steps" else v for k, v in options.items()})  # warm-up
+        results = [run_once(i, args.gen_length, **options) for i in range(count)]
+    return [r.tokens for r in results], [r.seconds for r in results], engine.tokenizer
 
 
 def quality(samples: list[list[int]], tokenizer, reference) -> dict:

@@ -11,8 +11,11 @@ Public API:
                     generator=None) -> Tensor[B]                                             (BD3-LM)
     dlm.generate(model, prompt, *, mask_id, gen_length, steps, block_length, temperature=0.0,
                  remasking="low_confidence", cfg_scale=0.0, generator=None) -> LongTensor[B, Lp + gen_length]
+    dlm.Engine(model, tokenizer, run_config)    text in, text out: .generate(prompts, sampler=None, seed=0,
+                 on_step=None, **options) -> list[Result]; dlm.Engine.load(path)
 """
 
+from dlm.engine import Engine, Result
 from dlm.objectives.block import block_nelbo
 from dlm.objectives.masked import masked_nelbo
 from dlm.objectives.score_entropy import score_entropy_nelbo
@@ -22,4 +25,4 @@ from dlm.train.checkpoint import load
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "masked_nelbo", "score_entropy_nelbo", "udlm_nelbo", "block_nelbo", "generate", "__version__"]
+__all__ = ["Engine", "Result", "load", "masked_nelbo", "score_entropy_nelbo", "udlm_nelbo", "block_nelbo", "generate", "__version__"]

@@ -134,10 +134,6 @@ def eval_(
     typer.echo(f"  bits per byte  {rel} {report['bits_per_byte']:.4f}")
 
 
-def _render(tokenizer, ids) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False).replace("<|mask|>", "░").replace("<|pad|>", "")
-
-
 @app.command()
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory (or its checkpoint/)."),
@@ -148,117 +144,101 @@ def sample(
     gen_length: int = typer.Option(
         64, "--gen-length", "--max-new-tokens", help="Tokens to generate (fewer when a sample ends at EOS)."
     ),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: gen-length; ignored by ar)."),
-    block_length: Optional[int] = typer.Option(
-        None, "--block-length",
-        help="Confidence sampler block (default: gen-length); block sampler: the model's block size.",
-    ),
     sampler: Optional[str] = typer.Option(
         None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); udlm (udlm); embed-ddpm, "
-        "embed-ddim, ... (diffusion-lm); block (bd3lm); esolm (esolm). Default: the model's own."
+        "embed-ddim, embed-dpmpp-2m (diffusion-lm); block (bd3lm); esolm (esolm). Default: the model's own."
     ),
-    temperature: Optional[float] = typer.Option(None, help="Default 0 for confidence (LLaDA), 1 otherwise."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
-    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0: all)."),
-    remasking: str = typer.Option(
-        "low_confidence", help="Confidence sampler order: low_confidence, random, margin or entropy."
+    steps: Optional[int] = typer.Option(
+        None, help="Denoising steps of the whole generation (default: one per token); with --threshold, the cap. "
+        "Diffusion samplers only."
+    ),
+    block_length: Optional[int] = typer.Option(
+        None, "--block-length", help="confidence: semi-autoregressive block (default: the whole generation); "
+        "block: the block size (default: the model's)."
+    ),
+    temperature: Optional[float] = typer.Option(
+        None, help="Default 0 for confidence (LLaDA's greedy candidates), 1 for ar, ancestral, block, esolm."
+    ),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold in (0, 1] (default 1)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep only the k most likely tokens (default 0: all)."),
+    remasking: Optional[str] = typer.Option(
+        None, help="confidence: commit order, low_confidence (default), random, margin or entropy."
     ),
     threshold: Optional[float] = typer.Option(
-        None, help="Confidence sampler: commit every position with confidence >= T each step (Fast-dLLM)."
+        None, help="confidence: commit every position with confidence >= T each step (Fast-dLLM)."
     ),
-    cache: str = typer.Option(
-        "none", help="Confidence sampler KV cache (Fast-dLLM): none, prefix or dual; refreshed at every block start."
+    cache: Optional[str] = typer.Option(
+        None, help="confidence: none (default), prefix or dual (Fast-dLLM's approximate caches, refreshed at every "
+        "block start); ar, block, esolm: kv (default, exact) or none."
     ),
-    cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (confidence sampler)."),
+    refresh_every: Optional[int] = typer.Option(
+        None, "--refresh-every", help="confidence with --cache: also refresh the cache every N steps in a block."
+    ),
+    cfg_scale: Optional[float] = typer.Option(
+        None, "--cfg-scale", help="confidence: classifier-free guidance s >= 0, cond + s (cond - uncond) (default 0)."
+    ),
     stop_at_eos: bool = typer.Option(
-        True, "--stop-at-eos/--no-stop-at-eos", help="End a sample at its first <|endoftext|> (diffusion: with that block)."
+        True, "--stop-at-eos/--no-stop-at-eos", help="End a sample at its first <|endoftext|>."
     ),
     num_samples: int = typer.Option(1, help="Continuations per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples generated together (left-padded)."),
     seed: int = typer.Option(0, help="Seed; sample i uses seed + i, so batching never changes a sample."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Print every intermediate state of the first sample."),
 ) -> None:
-    """Generate continuations of prompts. Example: dlm sample runs/tiny --prompt "Emma" --gen-length 32 --steps 32"""
-    import dlm
+    """Generate continuations of prompts. Example: dlm sample runs/tiny --prompt "Emma" --gen-length 32 --steps 32
+
+    Sampler options that do not apply to the chosen sampler are an error (e.g. --threshold with ancestral)."""
+    from dlm.engine import Engine
 
     if prompt_file is not None:
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise DlmError(f"cannot read --prompt-file {prompt_file}: {e.strerror}") from None
+        prompt = read_prompt_file(prompt_file)
     if num_samples <= 0 or batch_size <= 0 or not prompt:
         raise DlmError("--num-samples and --batch-size must be positive, and there must be a prompt")
-    model, tokenizer, cfg = dlm.load(run_dir)
+    options = dict(steps=steps, block_length=block_length, temperature=temperature, top_p=top_p, top_k=top_k,
+                   remasking=remasking, threshold=threshold, cache=cache, refresh_every=refresh_every,
+                   cfg_scale=cfg_scale)
+    options = {k: v for k, v in options.items() if v is not None}  # only what was given reaches the sampler
+    engine = Engine.load(run_dir)
     prompts = [p for p in prompt for _ in range(num_samples)]
-    for first in range(0, len(prompts), batch_size):
-        texts = sample_texts(
-            model, tokenizer, cfg, prompts[first : first + batch_size], gen_length=gen_length, steps=steps,
-            block_length=block_length, sampler=sampler, temperature=temperature, top_p=top_p, top_k=top_k,
-            remasking=remasking, cfg_scale=cfg_scale, threshold=threshold, cache=cache, stop_at_eos=stop_at_eos,
-            seed=seed + first, show_steps=show_steps and first == 0,
-        )
-        for i, text in enumerate(texts):
-            typer.echo(f"--- sample {first + i} ---\n{text}")
+    results = engine.generate(prompts, sampler, seed, gen_length=gen_length, stop_at_eos=stop_at_eos,
+                              batch_size=batch_size, history=show_steps, **options)
+    if show_steps:
+        print_steps(sampler or engine.samplers[0], results[0].history)
+    for i, r in enumerate(results):
+        typer.echo(f"--- sample {i} ---\n{r.prompt}{r.text}")
 
 
-def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, steps=None, block_length=None, sampler=None,
-                 temperature=None, top_p=1.0, top_k=0, remasking="low_confidence", cfg_scale=0.0, threshold=None,
-                 cache="none", stop_at_eos=False, seed=0, show_steps=False) -> list[str]:
-    """Sample one continuation per prompt with a loaded model, as one left-padded batch; prompt i uses the seed
-    ``seed + i`` (so a prompt's sample does not depend on the batch)."""
-    import torch
-
-    from dlm.objectives import OBJECTIVES
-    from dlm.samplers import CACHES, SAMPLERS, SampleConfig, left_pad, model_options
-
-    objective = OBJECTIVES.get(cfg.train.objective)
-    name = sampler or objective.samplers[0]
-    run = SAMPLERS.get(name)
-    if name not in objective.samplers:
-        raise DlmError(
-            f"sampler {name!r} does not apply to a model trained with --objective {objective.name}; "
-            f"use one of: {', '.join(objective.samplers)}"
-        )
-    if gen_length <= 0 or (steps is not None and steps <= 0):
-        raise DlmError("--gen-length and --steps must be positive")
-    if not 0.0 < top_p <= 1.0 or (temperature is not None and temperature < 0) or top_k < 0:
-        raise DlmError("--top-p must be in (0, 1], --temperature and --top-k must not be negative")
-    if cache not in CACHES:
-        raise DlmError(f"unknown cache {cache!r}; choose one of: {', '.join(CACHES)}")
-    if cache != "none" and name != "confidence":
-        raise DlmError(f"--cache {cache} applies to the confidence sampler only")
-    encoded = [tokenizer.encode(p) for p in prompts]
-    longest, context = max(len(e) for e in encoded), cfg.model.max_seq_len
-    if longest + gen_length > context:
-        raise DlmError(
-            f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
-            f"{context} tokens; shorten the prompt or lower --gen-length"
-        )
-    if temperature is None:
-        temperature = 0.0 if name == "confidence" else 1.0
-    sc = SampleConfig(
-        gen_length=gen_length, steps=steps or gen_length, block_length=block_length, temperature=temperature,
-        top_k=top_k, top_p=top_p, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold, cache=cache,
-        stop_at_eos=stop_at_eos, schedule=cfg.train.schedule,
-    )
-    tokens, mask = left_pad(encoded, tokenizer.pad_id)
-    history: list | None = [] if show_steps else None
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    out = run(model, tokens, sc, prompt_mask=mask, generator=generators, history=history,
-              **model_options(cfg, tokenizer))
-    if history:
-        typer.echo(f"denoising steps of sample 0 ({name} sampler, ░ = still masked):")
-        width = len(str(len(history)))
-        for i, state in enumerate(history):
-            typer.echo(f"[{i + 1:>{width}}/{len(history)}] " + _render(tokenizer, state[0]).replace("\n", " "))
-    return [_render(tokenizer, _until_eos(row, tokens.shape[1], tokenizer.eos_id) if stop_at_eos else row)
-            for row in out]
+def print_steps(sampler: str, states: list[str]) -> None:
+    """The canvas after every step of one sample (--show-steps)."""
+    typer.echo(f"denoising steps of sample 0 ({sampler} sampler, ░ = still masked):")
+    width = len(str(len(states)))
+    for i, state in enumerate(states):
+        typer.echo(f"[{i + 1:>{width}}/{len(states)}] " + state.replace("\n", " "))
 
 
-def _until_eos(row, start: int, eos_id: int):
-    """The tokens of ``row`` before its first ``eos_id`` at or after ``start``."""
-    hits = (row[start:] == eos_id).nonzero()
-    return row if len(hits) == 0 else row[: start + int(hits[0])]
+def read_prompt_file(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DlmError(f"cannot read --prompt-file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DlmError(f"--prompt-file {path} is not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
+
+
+def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, sampler=None, stop_at_eos=False, seed=0,
+                 show_steps=False, **options) -> list[str]:
+    """Deprecated (moved to ``dlm.Engine(model, tokenizer, cfg).generate``; kept for one release): prompt +
+    continuation texts, prompt i seeded ``seed + i``."""
+    import warnings
+
+    from dlm.engine import Engine
+
+    warnings.warn("dlm.cli.sample_texts is deprecated: use dlm.Engine(model, tokenizer, config).generate",
+                  DeprecationWarning, stacklevel=2)
+    options = {k: v for k, v in options.items() if v is not None}
+    results = Engine(model, tokenizer, cfg).generate(prompts, sampler, seed, gen_length=gen_length,
+                                                     stop_at_eos=stop_at_eos, batch_size=len(prompts), **options)
+    return [r.prompt + r.text for r in results]
 
 
 @app.command()
@@ -273,6 +253,7 @@ def demo(
     show continuations denoised step by step."""
     import dlm
     from dlm.data.packing import load_packed
+    from dlm.engine import Engine
     from dlm.eval.likelihood import evaluate
     from dlm.objectives import OBJECTIVES
     from dlm.presets import preset_config
@@ -291,10 +272,13 @@ def demo(
     typer.echo(f"   perplexity <= {report['ppl']:.1f}, bits per byte <= {report['bits_per_byte']:.3f} "
                f"({report['tokens']} tokens; an upper bound; `dlm eval {out}` evaluates the whole split)")
     typer.echo("== 3/3 sampling with MDLM's ancestral sampler: 48 tokens, 48 steps, temperature 1")
+    engine = Engine(model, tokenizer, cfg)
     for i, p in enumerate(DEMO_PROMPTS):
-        text = sample_texts(model, tokenizer, cfg, [p], gen_length=48, steps=48, sampler="ancestral",
-                            temperature=1.0, seed=seed + i, show_steps=(i == 0))[0]
-        typer.echo(f"--- {p!r} ->\n{text}\n")
+        (result,) = engine.generate([p], "ancestral", seed + i, gen_length=48, steps=48, temperature=1.0,
+                                    stop_at_eos=False, history=(i == 0))
+        if result.history:
+            print_steps("ancestral", result.history)
+        typer.echo(f"--- {p!r} ->\n{p}{result.text}\n")
     typer.echo(f"done. Try LLaDA's sampler: dlm sample {out} --prompt \"Emma\" --gen-length 64 --steps 64 "
                "--block-length 16 --temperature 1 --show-steps")
 

@@ -28,3 +28,26 @@ def sharp_transformer(seed=0, vocab=32):
     with torch.no_grad():
         model.head.weight.mul_(20.0)
     return model
+
+
+def sample(name, model, prompt, *, mask_id, gen_length, prompt_mask=None, generator=None, eos_id=None, pad_id=None,
+           stop_at_eos=False, history=False, on_step=None, **config):
+    """Run the registered sampler ``name`` through ``run_sampler`` on a prompt tensor [B, Lp] (``prompt_mask``: its
+    real tokens, left-padded); ``config``: the sampler config's fields (options and model facts alike).
+    Returns the ``SampleOutput`` (tokens, nfe, history)."""
+    from dlm.samplers import SAMPLERS, SampleBatch, run_sampler
+
+    entry = SAMPLERS.get(name)
+    batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id, prompt_mask=prompt_mask, eos_id=eos_id,
+                                    pad_id=pad_id)
+    return run_sampler(entry, model, batch, entry.config(**config), generator, on_step, stop_at_eos=stop_at_eos,
+                       history=history)
+
+
+def left_pad(prompts, pad_id):
+    """Token lists -> (tokens [B, Lmax], real-token mask [B, Lmax]), padding on the left."""
+    from dlm.samplers import SampleBatch
+
+    batch = SampleBatch.from_prompts(prompts, 1, mask_id=pad_id, pad_id=pad_id)
+    real = torch.ones_like(batch.prompt, dtype=torch.bool) if batch.real is None else batch.real[:, :-1]
+    return batch.prompt, real

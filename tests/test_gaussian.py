@@ -295,18 +295,20 @@ def test_eps_cannot_give_x0_where_alpha_is_zero():
                           time_grid(4, t_max=1.0, t_min=0.0), schedule=s, target="eps")
 
 
-def test_classifier_free_guidance_weights_one_and_zero_are_exact():
+def test_classifier_free_guidance_scale_zero_is_exactly_the_conditional_model():
     g = torch.Generator().manual_seed(0)
     W_c, W_u = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
     cond, uncond = (lambda x, t: x @ W_c + t[:, None]), (lambda x, t: x @ W_u - t[:, None])
     x, t = torch.randn(16, 3, generator=g), torch.rand(16, generator=g)
-    assert torch.equal(guided(cond, uncond, 1.0)(x, t), cond(x, t))
-    assert torch.equal(guided(cond, uncond, 0.0)(x, t), uncond(x, t))
+    assert torch.equal(guided(cond, uncond, 0.0)(x, t), cond(x, t))
     u, c = uncond(x, t), cond(x, t)
-    torch.testing.assert_close(guided(cond, uncond, 3.0)(x, t), u + 3.0 * (c - u))
-    s = get_gaussian_schedule("vp-cosine")  # inside a sampler: w = 1 samples exactly like the conditional model
+    torch.testing.assert_close(guided(cond, uncond, 2.0)(x, t), c + 2.0 * (c - u))  # LLaDA's cond + s (cond - uncond)
+    torch.testing.assert_close(guided(cond, uncond, 2.0)(x, t), u + 3.0 * (c - u))  # = w-form with w = s + 1
+    with pytest.raises(DlmError, match=">= 0"):
+        guided(cond, uncond, -1.0)
+    s = get_gaussian_schedule("vp-cosine")  # inside a sampler: s = 0 samples exactly like the conditional model
     times = time_grid(5)
-    a, _ = ODE_SAMPLERS.get("ddim")(guided(cond, uncond, 1.0), x, times, schedule=s, target="eps")
+    a, _ = ODE_SAMPLERS.get("ddim")(guided(cond, uncond, 0.0), x, times, schedule=s, target="eps")
     b, _ = ODE_SAMPLERS.get("ddim")(cond, x, times, schedule=s, target="eps")
     assert torch.equal(a, b)
 

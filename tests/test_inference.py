@@ -6,7 +6,7 @@ import torch
 from dlm.config import ModelConfig
 from dlm.models import Transformer
 from dlm.samplers import ancestral_generate, ar_generate, confidence_generate, left_pad
-from dlm.samplers.categorical import gumbel_noise, uniform
+from dlm.noise.categorical import gumbel_noise, uniform
 
 V, MASK, EOS, PAD = 40, 39, 0, 38
 

@@ -15,7 +15,7 @@ from dlm.samplers import (
     num_transfer_tokens,
     sample_categorical,
 )
-from dlm.samplers.categorical import filter_logits
+from dlm.noise.categorical import filter_logits
 
 V, MASK = 12, 11
 

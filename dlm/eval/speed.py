@@ -14,7 +14,6 @@ given their prompts under a reference LM, mean unigram entropy (nats) and distin
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -29,9 +28,16 @@ class Setting:
     steps: int | None = None  # None: one per token
     block_length: int | None = None
     threshold: float | None = None
-    cache: str = "none"
+    cache: str | None = None  # None: the sampler's default
     temperature: float = 1.0
-    remasking: str = "low_confidence"
+    remasking: str | None = None
+
+    def options(self) -> dict:
+        """The sampler options this setting sets (those its sampler takes, not left at their default)."""
+        from dlm.samplers import SAMPLERS, user_fields
+
+        takes = user_fields(SAMPLERS.get(self.sampler).config)
+        return {k: v for k, v in asdict(self).items() if k in takes and v is not None}
 
 
 def default_settings(gen_length: int, block_length: int = 32, quick: bool = False) -> list[Setting]:
@@ -81,28 +87,17 @@ class CallCounter:
 def generate_timed(model, tokenizer, cfg, setting: Setting, prompts: list[list[int]], *, gen_length: int,
                    batch_size: int, seed: int) -> dict:
     """One continuation per prompt, ``batch_size`` at a time: samples (generated ids), seconds, calls per batch."""
-    from dlm.samplers import SAMPLERS, SampleConfig, left_pad, model_options
+    from dlm.engine import Engine
 
-    sc = SampleConfig(
-        gen_length=gen_length, steps=setting.steps or gen_length, block_length=setting.block_length,
-        temperature=setting.temperature, remasking=setting.remasking, threshold=setting.threshold,
-        cache=setting.cache, stop_at_eos=False, schedule=cfg.train.schedule,
-    )
-    run, counter = SAMPLERS.get(setting.sampler), CallCounter(model)
-    samples, times = [], []
-    for first in range(0, len(prompts), batch_size):
-        tokens, mask = left_pad(prompts[first : first + batch_size], tokenizer.pad_id)
-        generators = [torch.Generator().manual_seed(seed + first + i) for i in range(tokens.shape[0])]
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = run(counter, tokens, sc, prompt_mask=mask, generator=generators, history=None,
-                      **model_options(cfg, tokenizer))
-        times.append(time.perf_counter() - start)
-        samples += out[:, tokens.shape[1]:].tolist()
-    n = len(prompts)
+    counter = CallCounter(model)
+    with torch.inference_mode():
+        results = Engine(counter, tokenizer, cfg).generate_ids(
+            prompts, setting.sampler, seed, gen_length=gen_length, stop_at_eos=False, batch_size=batch_size,
+            **setting.options())
+    times = [r.seconds for r in results[::batch_size]]  # one per batch
     return {
-        "samples": samples,
-        "tokens_per_s": n * gen_length / sum(times),
+        "samples": [r.tokens for r in results],
+        "tokens_per_s": len(prompts) * gen_length / sum(times),
         "latency_s": sum(times) / len(times),
         "nfe_per_token": counter.calls / len(times) / gen_length,
     }

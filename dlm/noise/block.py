@@ -3,6 +3,9 @@
 The sequence of length L is cut into L / k blocks of k tokens. Block b gets its own time t_b; each of its tokens
 independently becomes ``<|mask|>`` with probability 1 - alpha(t_b). Training draws t_b from the clipped range
 U[beta, omega] (BD3-LM's low-variance schedule); evaluation from U[t_min, 1] as masked diffusion does.
+
+The attention masks of the model's two views (True = attend): ``bd3_attention_mask`` for training's one pass over
+[xt, x0], ``block_causal_mask`` for the clean blocks the sampler's KV cache holds.
 """
 
 from __future__ import annotations
@@ -42,3 +45,19 @@ def mask_blocks(
     p_mask = (1.0 - schedule.alpha(t)).repeat_interleave(block_size, dim=1)  # (B, L)
     masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p_mask  # (B, L)
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
+
+
+def block_causal_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    """bool [length, length]: token i sees token j iff block(j) <= block(i) (True = attend)."""
+    block = torch.arange(length, device=device) // block_size
+    return block[:, None] >= block[None, :]
+
+
+def bd3_attention_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    """bool [2L, 2L] for the input [xt, x0]: rows and columns 0..L-1 are xt, L..2L-1 are x0 (True = attend)."""
+    block = torch.arange(length, device=device) // block_size
+    same = block[:, None] == block[None, :]  # (L, L)
+    earlier = block[:, None] > block[None, :]
+    xt_rows = torch.cat([same, earlier], dim=1)  # xt of block b: xt of block b, x0 of blocks < b
+    x0_rows = torch.cat([torch.zeros_like(same), same | earlier], dim=1)  # x0 of block b: x0 of blocks <= b
+    return torch.cat([xt_rows, x0_rows], dim=0)

@@ -24,9 +24,11 @@ lambda-spaced time grids (DPM-Solver) need: closed form where there is one, bise
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
+from dlm.errors import DlmError
 from dlm.registry import Registry
 
 
@@ -214,3 +216,62 @@ def add_noise(
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t = expand_to(schedule.alpha(t), x0) * x0 + expand_to(schedule.sigma(t), x0) * eps
     return x_t, eps
+
+
+# Prediction targets (the parameterisation of a Gaussian denoiser): y = A_t x0 + B_t eps. Objectives regress them,
+# samplers convert a prediction of any of them into x0_hat / eps_hat.
+Coefficients = Callable[[GaussianSchedule, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+TARGETS: Registry[Coefficients] = Registry("target")
+TARGETS.register("eps", lambda sch, t: (torch.zeros_like(t), torch.ones_like(t)))
+TARGETS.register("x0", lambda sch, t: (torch.ones_like(t), torch.zeros_like(t)))
+TARGETS.register("v", lambda sch, t: (-sch.sigma(t), sch.alpha(t)))
+TARGETS.register("score", lambda sch, t: (torch.zeros_like(t), -1.0 / sch.sigma(t)))
+TARGETS.register("flow", lambda sch, t: (sch.dalpha(t), sch.dsigma(t)))
+
+
+def target_coefficients(target: str, t: torch.Tensor, schedule: GaussianSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A_t, B_t) of ``target`` = A_t x0 + B_t eps; same shape as t."""
+    return TARGETS.get(target)(schedule, t)
+
+
+def predict_x0_eps(
+    y: torch.Tensor, target: str, x_t: torch.Tensor, t: torch.Tensor, schedule: str | GaussianSchedule
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) from a prediction y of ``target`` at (x_t, t); t is [B] or a scalar."""
+    schedule = get_gaussian_schedule(schedule)
+    A, B = target_coefficients(target, t, schedule)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    D = alpha * B - sigma * A
+    if (D == 0).any():
+        raise DlmError(
+            f"a {target!r} prediction says nothing about x0 or eps at t = {t[D == 0][0].item():g}"
+            " (alpha B - sigma A = 0, e.g. eps where alpha = 0): keep times inside (0, 1) or predict x0, v or flow"
+        )
+    A, B, alpha, sigma, D = (expand_to(c, x_t) for c in (A, B, alpha, sigma, D))
+    return (B * x_t - sigma * y) / D, (alpha * y - A * x_t) / D
+
+
+def convert(
+    y: torch.Tensor,
+    from_target: str,
+    to_target: str,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: str | GaussianSchedule,
+) -> torch.Tensor:
+    """A prediction of ``from_target`` as a prediction of ``to_target``: A' x0_hat + B' eps_hat."""
+    if from_target == to_target:
+        TARGETS.get(to_target)  # still reject an unknown name
+        return y
+    schedule = get_gaussian_schedule(schedule)
+    x0_hat, eps_hat = predict_x0_eps(y, from_target, x_t, t, schedule)
+    A, B = target_coefficients(to_target, t, schedule)
+    return expand_to(A, x_t) * x0_hat + expand_to(B, x_t) * eps_hat
+
+
+ROUNDING_NOISE = 0.1  # Diffusion-LM: sigma / alpha of the first latent, the paper's x_0 = e + 0.1 eps
+
+
+def first_latent_time(schedule: GaussianSchedule) -> float:
+    """Diffusion-LM's t_min: the time where sigma / alpha = ``ROUNDING_NOISE`` (SNR = 100), on any schedule."""
+    return schedule.time_of_lambda(torch.tensor(-math.log(ROUNDING_NOISE), dtype=torch.float64)).item()

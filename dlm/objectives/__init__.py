@@ -3,11 +3,9 @@
 from dlm.objectives.ar import ar_loss, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective
 from dlm.objectives.block import (
-    bd3_attention_mask,
     bd3lm_loss,
     bd3lm_options,
     bd3lm_sequence_nll,
-    block_causal_mask,
     block_nelbo,
     configure_bd3lm,
 )
@@ -20,30 +18,19 @@ from dlm.objectives.embedding import (
 )
 from dlm.objectives.esolm import (
     configure_esolm,
-    esolm_diffusion_mask,
     esolm_diffusion_nll,
     esolm_loss,
     esolm_nelbo,
     esolm_options,
     esolm_sequence_nll,
-    esolm_sequential_mask,
     esolm_sequential_nll,
     random_ranks,
 )
-from dlm.objectives.gaussian import (
-    TARGETS,
-    WEIGHTINGS,
-    convert,
-    gaussian_loss,
-    predict_x0_eps,
-    target_coefficients,
-    x0_loss_factor,
-)
-from dlm.objectives.masked import masked_nelbo, mdlm_loss, mdlm_sequence_nll, subs_log_probs
+from dlm.objectives.gaussian import WEIGHTINGS, gaussian_loss, x0_loss_factor
+from dlm.objectives.masked import masked_nelbo, mdlm_loss, mdlm_sequence_nll
 from dlm.objectives.score_entropy import (
     GRAPHS,
     configure_sedd,
-    log_ratios,
     score_entropy_nelbo,
     sedd_loss,
     sedd_options,
@@ -52,12 +39,17 @@ from dlm.objectives.score_entropy import (
 from dlm.objectives.udlm import (
     MeanRatios,
     configure_udlm,
-    mean_log_ratios,
     udlm_loss,
     udlm_nelbo,
     udlm_options,
     udlm_sequence_nll,
 )
+from dlm.noise.block import bd3_attention_mask, block_causal_mask
+from dlm.noise.gaussian import TARGETS, convert, predict_x0_eps, target_coefficients
+from dlm.noise.graphs import log_ratios
+from dlm.noise.hybrid import esolm_diffusion_mask, esolm_sequential_mask
+from dlm.noise.masked import subs_log_probs
+from dlm.noise.uniform import mean_log_ratios
 from dlm.registry import Registry
 
 OBJECTIVES: Registry[Objective] = Registry("objective")

@@ -24,28 +24,12 @@ from __future__ import annotations
 import torch
 
 from dlm.errors import DlmError
-from dlm.noise.block import mask_blocks, sample_block_times
+from dlm.noise.block import bd3_attention_mask, mask_blocks, sample_block_times
 from dlm.noise.schedules import Schedule, get_schedule
 from dlm.objectives.base import LossOutput
-from dlm.objectives.masked import subs_log_probs
+from dlm.noise.masked import subs_log_probs
 
 DEFAULT_CLIP = (0.3, 0.8)  # BD3-LM's [beta, omega] for training
-
-
-def block_causal_mask(length: int, block_size: int, device=None) -> torch.Tensor:
-    """bool [length, length]: token i sees token j iff block(j) <= block(i) (True = attend)."""
-    block = torch.arange(length, device=device) // block_size
-    return block[:, None] >= block[None, :]
-
-
-def bd3_attention_mask(length: int, block_size: int, device=None) -> torch.Tensor:
-    """bool [2L, 2L] for the input [xt, x0]: rows and columns 0..L-1 are xt, L..2L-1 are x0 (True = attend)."""
-    block = torch.arange(length, device=device) // block_size
-    same = block[:, None] == block[None, :]  # (L, L)
-    earlier = block[:, None] > block[None, :]
-    xt_rows = torch.cat([same, earlier], dim=1)  # xt of block b: xt of block b, x0 of blocks < b
-    x0_rows = torch.cat([torch.zeros_like(same), same | earlier], dim=1)  # x0 of block b: x0 of blocks <= b
-    return torch.cat([xt_rows, x0_rows], dim=0)
 
 
 def check_block_size(length: int, block_size: int) -> int:

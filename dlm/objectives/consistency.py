@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from dlm.noise.gaussian import GaussianSchedule, add_noise, expand_to, get_gaussian_schedule
+from dlm.noise.gaussian import GaussianSchedule, add_noise, expand_to, get_gaussian_schedule, predict_x0_eps
 from dlm.objectives.base import LossOutput
-from dlm.objectives.gaussian import predict_x0_eps
 
 
 def consistency_function(

@@ -40,17 +40,17 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DlmError
-from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
+from dlm.noise.gaussian import (
+    GAUSSIAN_SCHEDULES,
+    GaussianSchedule,
+    add_noise,
+    first_latent_time,
+    get_gaussian_schedule,
+)
 from dlm.noise.schedules import sample_times
 from dlm.objectives.base import LossOutput
 
 DEFAULT_EMBED_DIM = 16  # the paper's embedding width on E2E (it used 128 on ROCStories)
-ROUNDING_NOISE = 0.1  # sigma / alpha of the first latent: the paper's x_0 = e + 0.1 eps
-
-
-def first_latent_time(schedule: GaussianSchedule) -> float:
-    """t_min: the time where sigma / alpha = ``ROUNDING_NOISE`` (SNR = 100), on any schedule."""
-    return schedule.time_of_lambda(torch.tensor(-math.log(ROUNDING_NOISE), dtype=torch.float64)).item()
 
 
 def backbone(model):

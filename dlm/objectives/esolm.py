@@ -30,12 +30,9 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.noise import mask_tokens, sample_times
-from dlm.noise.schedules import HybridSchedule
+from dlm.noise.hybrid import VARIANTS, HybridSchedule, esolm_diffusion_mask, esolm_sequential_mask
 from dlm.objectives.base import LossOutput
-from dlm.objectives.masked import subs_log_probs
-
-VARIANTS = ("A", "B")
-
+from dlm.noise.masked import subs_log_probs
 
 def random_ranks(clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """clean: bool [B, L] -> rank [B, L], a uniformly random permutation of 0..L-1 per row with every clean
@@ -43,33 +40,6 @@ def random_ranks(clean: torch.Tensor, generator: torch.Generator | None = None) 
     u = torch.rand(clean.shape, generator=generator, device=clean.device)  # (B, L)
     order = (u + (~clean).float() * 2.0).argsort(dim=1, stable=True)  # positions by rank
     return order.argsort(dim=1)
-
-
-def esolm_diffusion_mask(clean: torch.Tensor, rank: torch.Tensor | None, variant: str) -> torch.Tensor:
-    """bool [B, L, L] of the diffusion pass on zt (True = attend). clean: bool [B, L]; rank: [B, L] (variant B
-    only): B attends j iff rank[j] <= rank[i]; A attends every clean j, and a masked i also itself."""
-    if variant == "B":
-        return rank[:, None, :] <= rank[:, :, None]  # (B, L, L)
-    eye = torch.eye(clean.shape[1], dtype=torch.bool, device=clean.device)
-    return clean[:, None, :] | eye  # clean rows: the clean tokens (self included); masked rows: the clean tokens + self
-
-
-def esolm_sequential_mask(clean: torch.Tensor, rank: torch.Tensor | None, variant: str) -> torch.Tensor:
-    """bool [B, 2L, 2L] of the sequential pass on [z0, x] (rows and columns 0..L-1: z0, L..2L-1: x).
-    clean: bool [B, L], the clean positions of z0; rank: [B, L] (variant B only)."""
-    L = clean.shape[1]
-    masked = ~clean
-    eye = torch.eye(L, dtype=torch.bool, device=clean.device)
-    before = torch.ones(L, L, dtype=torch.bool, device=clean.device).tril(-1)  # (L, L): j < i
-    clean_cols = clean[:, None, :]  # (B, 1, L)
-    # z0 rows: a clean token as in the diffusion pass over the clean tokens; a masked one sees the clean tokens + self
-    clean_rows = clean_cols if variant == "A" else clean_cols & (rank[:, None, :] <= rank[:, :, None])
-    z0_z0 = torch.where(clean[:, :, None], clean_rows, clean_cols | eye)  # (B, L, L)
-    z0_x = masked[:, :, None] & masked[:, None, :] & before  # masked i: x copies of masked j < i
-    # x rows: a token masked in z0 sees the clean z0 tokens and the x copies of masked j' <= j; a clean one itself
-    x_z0 = masked[:, :, None] & clean_cols
-    x_x = torch.where(masked[:, :, None], masked[:, None, :] & (before | eye), eye)
-    return torch.cat([torch.cat([z0_z0, z0_x], 2), torch.cat([x_z0, x_x], 2)], 1)  # (B, 2L, 2L)
 
 
 def esolm_diffusion_nll(model, x0, zt, masked, rank, variant: str, mask_id: int) -> torch.Tensor:

@@ -22,19 +22,16 @@ from typing import Callable
 
 import torch
 
-from dlm.errors import DlmError
-from dlm.noise.gaussian import GaussianSchedule, add_noise, expand_to, get_gaussian_schedule
+from dlm.noise.gaussian import (
+    GaussianSchedule,
+    add_noise,
+    expand_to,
+    get_gaussian_schedule,
+    target_coefficients,
+)
 from dlm.noise.schedules import sample_times
 from dlm.objectives.base import LossOutput
 from dlm.registry import Registry
-
-Coefficients = Callable[[GaussianSchedule, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-TARGETS: Registry[Coefficients] = Registry("target")
-TARGETS.register("eps", lambda sch, t: (torch.zeros_like(t), torch.ones_like(t)))
-TARGETS.register("x0", lambda sch, t: (torch.ones_like(t), torch.zeros_like(t)))
-TARGETS.register("v", lambda sch, t: (-sch.sigma(t), sch.alpha(t)))
-TARGETS.register("score", lambda sch, t: (torch.zeros_like(t), -1.0 / sch.sigma(t)))
-TARGETS.register("flow", lambda sch, t: (sch.dalpha(t), sch.dsigma(t)))
 
 # x0-loss weights as functions of SNR; the loss weight for a target is this divided by its x0_loss_factor.
 WEIGHTINGS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("weighting")
@@ -42,46 +39,6 @@ WEIGHTINGS.register("x0", torch.ones_like)  # plain x0-prediction MSE
 WEIGHTINGS.register("snr", lambda snr: snr)  # = eps-prediction MSE (DDPM's "simple" loss)
 WEIGHTINGS.register("snr+1", lambda snr: snr + 1.0)  # = v-prediction MSE on VP schedules
 WEIGHTINGS.register("min-snr-5", lambda snr: snr.clamp(max=5.0))  # Min-SNR-gamma (Hang et al. 2023), gamma = 5
-
-
-def target_coefficients(target: str, t: torch.Tensor, schedule: GaussianSchedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A_t, B_t) of ``target`` = A_t x0 + B_t eps; same shape as t."""
-    return TARGETS.get(target)(schedule, t)
-
-
-def predict_x0_eps(
-    y: torch.Tensor, target: str, x_t: torch.Tensor, t: torch.Tensor, schedule: str | GaussianSchedule
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0_hat, eps_hat) from a prediction y of ``target`` at (x_t, t); t is [B] or a scalar."""
-    schedule = get_gaussian_schedule(schedule)
-    A, B = target_coefficients(target, t, schedule)
-    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    D = alpha * B - sigma * A
-    if (D == 0).any():
-        raise DlmError(
-            f"a {target!r} prediction says nothing about x0 or eps at t = {t[D == 0][0].item():g}"
-            " (alpha B - sigma A = 0, e.g. eps where alpha = 0): keep times inside (0, 1) or predict x0, v or flow"
-        )
-    A, B, alpha, sigma, D = (expand_to(c, x_t) for c in (A, B, alpha, sigma, D))
-    return (B * x_t - sigma * y) / D, (alpha * y - A * x_t) / D
-
-
-def convert(
-    y: torch.Tensor,
-    from_target: str,
-    to_target: str,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    schedule: str | GaussianSchedule,
-) -> torch.Tensor:
-    """A prediction of ``from_target`` as a prediction of ``to_target``: A' x0_hat + B' eps_hat."""
-    if from_target == to_target:
-        TARGETS.get(to_target)  # still reject an unknown name
-        return y
-    schedule = get_gaussian_schedule(schedule)
-    x0_hat, eps_hat = predict_x0_eps(y, from_target, x_t, t, schedule)
-    A, B = target_coefficients(to_target, t, schedule)
-    return expand_to(A, x_t) * x0_hat + expand_to(B, x_t) * eps_hat
 
 
 def x0_loss_factor(target: str, t: torch.Tensor, schedule: GaussianSchedule) -> torch.Tensor:

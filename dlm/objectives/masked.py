@@ -12,18 +12,12 @@ masked positions enter the sum). With the linear schedule this is LLaDA's loss E
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from dlm.errors import DlmError
 from dlm.noise import get_schedule, mask_tokens, sample_times
+from dlm.noise.masked import subs_log_probs
 from dlm.noise.schedules import Schedule
 from dlm.objectives.base import LossOutput
-
-
-def subs_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """SUBS: log-softmax in float32 with zero mass on the mask token. [B, L, V] -> [B, L, V]."""
-    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
-    return F.log_softmax(logits, dim=-1)
 
 
 def _masked_draw(model, x0, t, schedule: Schedule, mask_id: int, generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,19 +50,10 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.noise import SCHEDULES, get_schedule, mask_tokens, sample_times, uniform_tokens
+from dlm.noise.graphs import absorb_shift, log_ratios
 from dlm.noise.schedules import Schedule
 from dlm.objectives.base import LossOutput
 from dlm.registry import Registry
-
-
-def sigma_bar(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
-    """Total noise -log alpha(t), in float64."""
-    return -schedule.alpha(t.double()).log()
-
-
-def _absorb_shift(total_noise: torch.Tensor, V: int) -> torch.Tensor:
-    """log(e^sigma_bar - 1) + log(V - 1): what the absorbing graph subtracts from the logits, [B]."""
-    return torch.log(torch.expm1(total_noise)) + math.log(V - 1)
 
 
 def _absorb_entropy(log_s, xt, x0, alpha, *, mask_id, **_) -> torch.Tensor:
@@ -119,19 +110,8 @@ def _corrupt_uniform(x0, t, schedule, *, mask_id, vocab_size, generator):
 
 
 GRAPHS: Registry[Graph] = Registry("graph")
-GRAPHS.register("absorb", Graph(_corrupt_absorb, _absorb_shift, _absorb_entropy, prior=lambda alpha_1, V: 0.0))
+GRAPHS.register("absorb", Graph(_corrupt_absorb, absorb_shift, _absorb_entropy, prior=lambda alpha_1, V: 0.0))
 GRAPHS.register("uniform", Graph(_corrupt_uniform, None, _uniform_entropy, prior=_uniform_prior))
-
-
-def log_ratios(logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, graph: str,
-               schedule: Schedule) -> torch.Tensor:
-    """SEDD's output scaling: logits [B, L, V] at times t [B] -> log s [B, L, V] (float32, or float64 for float64
-    logits), with log s = 0 at y = xt^l."""
-    log_s = logits.double() if logits.dtype == torch.float64 else logits.float()
-    shift = GRAPHS.get(graph).shift
-    if shift is not None:
-        log_s = log_s - shift(sigma_bar(schedule, t), logits.shape[-1]).to(log_s.dtype)[:, None, None]
-    return log_s.scatter(-1, xt[..., None], 0.0)
 
 
 def _draw(model, x0, t, schedule: Schedule, graph: str, mask_id: int, vocab_size: int | None, generator):

@@ -22,28 +22,13 @@ ancestral step p(z_s = y | z_t) proportional to (alpha_{t|s} [y = z_t] + (1 - al
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from dlm.noise import get_schedule
 from dlm.noise.schedules import Schedule
+from dlm.noise.uniform import mean_log_ratios
 from dlm.objectives.base import LossOutput
-from dlm.objectives.masked import subs_log_probs
 from dlm.objectives.score_entropy import score_entropy_nelbo, sedd_loss
-
-
-def mean_log_ratios(logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, schedule: Schedule,
-                    mask_id: int) -> torch.Tensor:
-    """x0-prediction logits [B, L, N] at times t [B] -> log s [B, L, N] = log xbar_t[y] - log xbar_t[xt^l]
-    (float32, or float64 for float64 logits), xbar_t = alpha x_theta + (1 - alpha) / N; 0 at y = xt^l."""
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    N = logits.shape[-1]
-    log_x0 = subs_log_probs(logits, mask_id).to(dtype)  # (B, L, N), no mass on the mask id
-    alpha = schedule.alpha(t.double()).to(dtype)[:, None, None]  # (B, 1, 1)
-    log_noise = (torch.log1p(-alpha) - math.log(N)).expand_as(log_x0)  # log((1 - alpha) / N)
-    log_xbar = torch.logaddexp(alpha.log() + log_x0, log_noise)  # (B, L, N)
-    return log_xbar - log_xbar.gather(-1, xt[..., None])
 
 
 class MeanRatios:

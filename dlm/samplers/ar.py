@@ -1,70 +1,71 @@
-"""Autoregressive sampling with a KV cache (or without, for checking and for models that have none)."""
+"""Autoregressive sampling with a KV cache (or without, for checking and for models that have none).
+
+The model sees ``<|endoftext|>`` + prompt, as in training (EOS doubles as the start token), and draws one token
+per model call, left to right, into the batch's generated region.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from dlm.models.transformer import KVCache
-from dlm.samplers.batching import padding_inputs
-from dlm.samplers.categorical import Generators, sample_categorical
+from dlm.errors import DlmError
+from dlm.noise.categorical import sample_categorical
+from dlm.samplers.base import SampleBatch, SampleOutput, SamplerConfig, SampleState, report
+
+AR_CACHES = ("kv", "none")
+
+
+@dataclass(frozen=True)
+class ArConfig(SamplerConfig):
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cache: str = "kv"  # kv: prefill once, then one token per call (needs model.new_cache); none: re-run the prefix
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cache not in AR_CACHES:
+            raise DlmError(f"unknown cache {self.cache!r} for the ar sampler; choose one of: {', '.join(AR_CACHES)}")
 
 
 @torch.no_grad()
-def ar_generate(
-    model,
-    prompt: torch.Tensor,
-    *,
-    eos_id: int,
-    gen_length: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: Generators = None,
-    use_cache: bool = True,
-    prompt_mask: torch.Tensor | None = None,
-    stop_at_eos: bool = False,
-    history: list[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """prompt [B, Lp] -> [B, Lp + gen_length]. The model sees ``<|endoftext|>`` + prompt, as in training.
+def ar_generate(model, batch: SampleBatch, config: ArConfig, generators=None, on_step=None) -> SampleOutput:
+    """``model(x, attn_mask=, positions=, kv_cache=) -> logits`` (causal) -> the canvas with the generated region
+    filled left to right. Without a cache any causal ``model(x) -> logits`` works."""
+    if batch.eos_id is None:
+        raise DlmError("the ar sampler needs the <|endoftext|> id (its start token): SampleBatch.eos_id")
+    use_cache = config.cache == "kv"
+    B, prompt_len, G = batch.size, batch.prompt_len, batch.gen_length
+    x = batch.tokens.clone()
+    start = torch.full((B, 1), batch.eos_id, dtype=x.dtype, device=x.device)
+    seq = torch.cat([start, x], dim=1)  # (B, 1 + L): the model's input is seq[:, :n]
+    real = None if batch.real is None else torch.cat([batch.real.new_ones(B, 1), batch.real], dim=1)
+    keys, positions = (None, None) if real is None else (real, (real.long().cumsum(1) - 1).clamp_min(0))
+    cache = model.new_cache(B, seq.shape[1]) if use_cache else None
 
-    ``use_cache=True`` needs a ``dlm`` Transformer (prefill once, then one token per call); ``use_cache=False``
-    re-runs the whole prefix every step and works with any causal ``model(x) -> logits``.
-    ``prompt_mask`` [B, Lp] marks the real tokens of left-padded prompts. ``stop_at_eos``: a row that draws
-    ``<|endoftext|>`` draws nothing more (the rest of its row is ``<|endoftext|>``); generation stops when all have.
-    ``generator``: one for the batch, or one per row (then each row's sample is the same in any batch).
-    """
-    B = prompt.shape[0]
-    start = torch.full((B, 1), eos_id, dtype=prompt.dtype, device=prompt.device)
-    seq = torch.cat([start, prompt], dim=1)
-    mask = None if prompt_mask is None else torch.cat([prompt_mask.new_ones(B, 1), prompt_mask], dim=1)
-    keys, positions = padding_inputs(mask, seq.shape[1] + gen_length)  # None when nothing is padded
-    cache = KVCache(len(model.blocks)) if use_cache else None
-
-    def next_logits(new_tokens: int) -> torch.Tensor:
-        """Logits after the last token, running the new tokens (cache) or the whole sequence."""
-        n = seq.shape[1]
+    def next_logits(n: int, new_tokens: int) -> torch.Tensor:
+        """Logits after token n - 1 of seq, running the new tokens (cache) or the whole prefix."""
         lo = n - new_tokens if use_cache else 0
         kw = {} if keys is None else {"attn_mask": keys[:, None, :n], "positions": positions[:, lo:n]}
         if use_cache:
             kw["kv_cache"] = cache
-        return model(seq[:, lo:], **kw)[:, -1]  # (B, V)
+        return model(seq[:, lo:n], **kw)[:, -1]  # (B, V)
 
-    logits = next_logits(seq.shape[1])
-    ended = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-    for i in range(gen_length):
-        token = sample_categorical(
-            logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, rows=~ended
-        )  # (B,)
-        token = torch.where(ended, eos_id, token)
-        seq = torch.cat([seq, token[:, None]], dim=1)
-        if history is not None:
-            history.append(seq[:, 1:].clone())
-        if stop_at_eos:
-            ended |= token == eos_id
-            if ended.all():
-                break
-        if i + 1 < gen_length:
-            logits = next_logits(1)
-    out = seq[:, 1:]
-    rest = prompt.shape[1] + gen_length - out.shape[1]
-    return torch.cat([out, out.new_full((B, rest), eos_id)], dim=1) if rest else out
+    n = 1 + prompt_len
+    logits = next_logits(n, n)
+    nfe = 1
+    for i in range(G):
+        token = sample_categorical(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                                   generator=generators)  # (B,)
+        seq[:, n] = token
+        n += 1
+        x = seq[:, 1:]
+        committed = torch.arange(x.shape[1], device=x.device)[None, :].expand(B, -1) < n - 1
+        if not report(on_step, lambda: SampleState(x, committed, i + 1, nfe, masked=~committed)):
+            break
+        if i + 1 < G:
+            logits = next_logits(n, 1)
+            nfe += 1
+    return SampleOutput(seq[:, 1:], nfe)

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass, field
+
 from dlm.errors import DlmError
 from dlm.models.transformer import CanvasCache
-from dlm.noise.schedules import Schedule, get_schedule
+from dlm.noise.categorical import filter_logits, gumbel_noise, uniform
+from dlm.noise.schedules import get_schedule
 from dlm.registry import Registry
-from dlm.samplers.batching import end_at_eos, padding_inputs
-from dlm.samplers.categorical import Generators, filter_logits, gumbel_noise, uniform
+from dlm.samplers.base import MODEL, SampleBatch, SampleOutput, SamplerConfig, SampleState, report
 
 CACHES = ("none", "prefix", "dual")
 
@@ -67,11 +69,11 @@ def negative_entropy(logits: torch.Tensor, x0_hat: torch.Tensor, generator, rows
 
 
 def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Commit the k[b] most confident positions of each row: bool [B, L]."""
-    chosen = torch.zeros_like(confidence, dtype=torch.bool)
-    for j in range(confidence.shape[0]):
-        chosen[j, confidence[j].topk(int(k[j])).indices] = True
-    return chosen
+    """Commit the k[b] most confident positions of each row: bool [B, L] (one sort for the whole batch: the
+    positions whose rank in their row's descending order is below k)."""
+    order = confidence.argsort(dim=-1, descending=True, stable=True)  # (B, L)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return rank < k[:, None]
 
 
 def commit_threshold(confidence: torch.Tensor, tau: float) -> torch.Tensor:
@@ -113,69 +115,54 @@ def _propose(logits, block, mask_id, temperature, top_k, top_p, confidence_of, g
     return torch.where(masked, x0_hat, block), confidence  # committed tokens never change
 
 
+@dataclass(frozen=True)
+class ConfidenceConfig(SamplerConfig):
+    steps: int | None = None  # denoising steps of the whole generation, a multiple of the blocks (default: one
+    #                           per token); with a threshold, the cap
+    block_length: int | None = None  # semi-autoregressive blocks (default: one block, pure diffusion)
+    temperature: float = 0.0  # LLaDA's default: greedy candidates
+    top_k: int = 0
+    top_p: float = 1.0
+    remasking: str = "low_confidence"  # commit order, see REMASKING
+    cfg_scale: float = 0.0  # classifier-free guidance: cond + s (cond - uncond); 0 is the conditional model
+    threshold: float | None = None  # Fast-dLLM: commit every position with confidence >= threshold
+    cache: str = "none"  # Fast-dLLM's approximate KV cache: none, prefix or dual
+    refresh_every: int | None = None  # with a cache: also refresh it every n steps inside a block
+    schedule: str = field(default="loglinear", metadata=MODEL)
+    time_conditioned: bool = field(default=False, metadata=MODEL)
+
+    def __post_init__(self):
+        super().__post_init__()
+        REMASKING.get(self.remasking)
+        if self.cache not in CACHES:
+            raise DlmError(f"unknown cache {self.cache!r} for the confidence sampler; choose one of: {', '.join(CACHES)}")
+
+
 @torch.no_grad()
-def confidence_generate(
-    model,
-    prompt: torch.Tensor,
-    *,
-    mask_id: int,
-    gen_length: int,
-    steps: int | None = None,
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    remasking: str = "low_confidence",
-    cfg_scale: float = 0.0,
-    threshold: float | None = None,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    cache: str = "none",
-    refresh_every: int | None = None,
-    prompt_mask: torch.Tensor | None = None,
-    eos_id: int | None = None,
-    schedule: str | Schedule | None = None,
-    generator: Generators = None,
-    history: list[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """prompt [B, Lp] -> [B, Lp + gen_length], calling ``model(x) -> logits [B, L, V]`` ``steps`` times
-    (twice the rows with CFG). ``steps=None`` means one per token; ``block_length=None`` one block (pure diffusion).
-
-    ``threshold=tau`` switches to Fast-dLLM's parallel decoding: each step commits every masked position of the
-    block whose confidence (the remasking policy's score) is >= tau, at least one, until the block is full; the
-    number of model calls then adapts to the text and ``steps`` is not used. ``len(history)`` counts the steps.
-    ``top_k`` / ``top_p`` restrict the candidate draw when ``temperature > 0`` (the confidence is unchanged).
-
-    ``cache`` = ``prefix`` or ``dual`` needs a ``dlm`` Transformer (it takes a ``CanvasCache``); the cache is
-    refreshed at every block start and, with ``refresh_every=n``, every n steps inside a block.
-    ``prompt_mask`` [B, Lp] marks real prompt tokens of left-padded prompts (see ``batching.left_pad``).
-    ``eos_id``: a row ends with the block that holds its first ``<|endoftext|>`` after the prompt; everything after
-    that token is returned as ``<|endoftext|>``, and generation stops when every row has ended.
-    ``schedule``: for time-conditioned models, ``model(x, t)`` with t = schedule.time_of(1 - fraction of the
-    generated region still masked) (LLaDA's models take no t).
-    ``generator``: one for the batch, or one per row (then each row's sample is the same in any batch).
-    """
-    block_length = gen_length if block_length is None else block_length
-    steps = gen_length if steps is None else steps
-    steps_per_block = check_blocks(gen_length, None if threshold is not None else steps, block_length)
-    if cache not in CACHES:
-        raise DlmError(f"unknown cache {cache!r}; choose one of: {', '.join(CACHES)}")
-    confidence_of = REMASKING.get(remasking)
-    B, prompt_len = prompt.shape
-    total = prompt_len + gen_length
-    x = torch.cat([prompt, torch.full((B, gen_length), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
-    keys, positions = padding_inputs(prompt_mask, total)
-    prompt_cols = torch.arange(total, device=x.device)[None, :] < prompt_len
-    if keys is not None:
-        prompt_cols = prompt_cols & keys  # only real prompt tokens are hidden for CFG's unconditional rows
-    if cfg_scale > 0.0 and keys is not None:
+def confidence_sample(model, batch: SampleBatch, config: ConfidenceConfig, generators=None,
+                      on_step=None) -> SampleOutput:
+    """``model(x [B, L], [t,] attn_mask=, positions=, kv_cache=) -> logits`` -> the denoised canvas; one model
+    call per step (CFG: twice the rows in that call)."""
+    c = config
+    gen_length = batch.gen_length
+    block_length = gen_length if c.block_length is None else c.block_length
+    steps_per_block = check_blocks(gen_length, c.steps or gen_length, block_length)
+    confidence_of = REMASKING.get(c.remasking)
+    mask_id, prompt_len = batch.mask_id, batch.prompt_len
+    x = batch.tokens.clone()
+    B, total = x.shape
+    keys, positions = batch.attention()
+    hidden = batch.fixed if keys is None else batch.fixed & keys  # what CFG's unconditional rows do not see
+    if c.cfg_scale > 0.0 and keys is not None:
         keys, positions = keys.repeat(2, 1), positions.repeat(2, 1)
-    canvas = CanvasCache() if cache != "none" else None
-    schedule = None if schedule is None else get_schedule(schedule)
-    ended = torch.zeros(B, dtype=torch.bool, device=x.device)
+    canvas = CanvasCache() if c.cache != "none" else None
+    schedule = get_schedule(c.schedule) if c.time_conditioned else None
+    nfe, step = 0, 0
 
     def block_logits(start: int, end: int, refresh: bool) -> torch.Tensor:
         """float64 logits [B, K, V] of the block from one model call."""
-        rows = torch.cat([x, torch.where(prompt_cols, mask_id, x)]) if cfg_scale > 0.0 else x
-        lo, hi = (0, total) if refresh else (start, total if cache == "prefix" else end)
+        rows = torch.cat([x, torch.where(hidden, mask_id, x)]) if c.cfg_scale > 0.0 else x
+        lo, hi = (0, total) if refresh else (start, total if c.cache == "prefix" else end)
         kw = {}
         if canvas is not None:
             canvas.window = None if refresh else (lo, hi)
@@ -188,29 +175,56 @@ def confidence_generate(
             still_masked = (rows[:, prompt_len:] == mask_id).double().mean(1)  # 1 - alpha(t)
             args = (rows[:, lo:hi], schedule.time_of(1.0 - still_masked).float())
         logits = model(*args, **kw)[:, start - lo : end - lo].double()
-        if cfg_scale > 0.0:
+        if c.cfg_scale > 0.0:  # LLaDA's guidance: cond + s (cond - uncond)
             conditional, unconditional = logits.chunk(2, dim=0)
-            logits = unconditional + (cfg_scale + 1.0) * (conditional - unconditional)
+            logits = conditional + c.cfg_scale * (conditional - unconditional)
         return logits
 
     for b in range(gen_length // block_length):
         start, end = prompt_len + b * block_length, prompt_len + (b + 1) * block_length
-        if threshold is None:
+        if c.threshold is None:
             commits = num_transfer_tokens((x[:, start:end] == mask_id).sum(1), steps_per_block)  # (B, S)
-        i = 0
-        while i < steps_per_block if threshold is None else (x[:, start:end] == mask_id).any():
-            refresh = canvas is None or i == 0 or bool(refresh_every and i % refresh_every == 0)
+        stop = False
+        for i in range(steps_per_block):
+            if not (x[:, start:end] == mask_id).any():
+                break  # threshold decoding filled the block early
+            refresh = canvas is None or i == 0 or bool(c.refresh_every and i % c.refresh_every == 0)
             logits = block_logits(start, end, refresh)
-            x0_hat, confidence = _propose(logits, x[:, start:end], mask_id, temperature, top_k, top_p,
-                                          confidence_of, generator)
-            chosen = commit_threshold(confidence, threshold) if threshold is not None else commit_top_k(
-                confidence, commits[:, i])
+            nfe, step = nfe + 1, step + 1
+            x0_hat, confidence = _propose(logits, x[:, start:end], mask_id, c.temperature, c.top_k, c.top_p,
+                                          confidence_of, generators)
+            if c.threshold is None:
+                chosen = commit_top_k(confidence, commits[:, i])
+            elif i == steps_per_block - 1:  # the cap: the block's last step commits what is left
+                chosen = confidence.isfinite()
+            else:
+                chosen = commit_threshold(confidence, c.threshold)
             x[:, start:end] = torch.where(chosen, x0_hat, x[:, start:end])
-            i += 1
-            if history is not None:
-                history.append(x.clone())
-        if eos_id is not None:
-            ended |= end_at_eos(x, prompt_len, eos_id)
-            if ended.all():
+
+            def state():
+                provisional, score = x.clone(), torch.full(x.shape, float("nan"), dtype=torch.float64)
+                open_ = x[:, start:end] == mask_id
+                provisional[:, start:end] = torch.where(open_, x0_hat, x[:, start:end])
+                score[:, start:end] = torch.where(open_, confidence, float("nan"))
+                return SampleState(x, x != mask_id, step, nfe, masked=x == mask_id, provisional=provisional,
+                                   confidence=score)
+
+            if not report(on_step, state):
+                stop = True
                 break
-    return x
+        if stop:
+            break
+    return SampleOutput(x, nfe)
+
+
+def confidence_generate(model, prompt: torch.Tensor, *, mask_id: int, gen_length: int, steps: int | None = None,
+                        block_length: int | None = None, temperature: float = 0.0, remasking: str = "low_confidence",
+                        cfg_scale: float = 0.0, generator=None) -> torch.Tensor:
+    """LLaDA's ``generate``: prompt [B, Lp] -> tokens [B, Lp + gen_length] (``dlm.generate``, public API).
+
+    ``steps`` (default: gen_length) must be a multiple of gen_length / block_length (default block: the whole
+    generation); ``cfg_scale`` s >= 0 guides with cond + s (cond - uncond), s = 0 being the conditional model."""
+    batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id)
+    config = ConfidenceConfig(steps=steps, block_length=block_length, temperature=temperature, remasking=remasking,
+                              cfg_scale=cfg_scale)
+    return confidence_sample(model, batch, config, generator).tokens

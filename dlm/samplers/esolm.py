@@ -29,13 +29,45 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass, field
+
 from dlm.errors import DlmError
 from dlm.models.transformer import KVCache
-from dlm.noise.schedules import HybridSchedule
-from dlm.objectives.esolm import VARIANTS, esolm_diffusion_mask, esolm_sequential_mask
-from dlm.objectives.masked import subs_log_probs
-from dlm.samplers.batching import end_at_eos
-from dlm.samplers.categorical import Generators, sample_categorical, uniform
+from dlm.noise.categorical import Generators, sample_categorical, uniform
+from dlm.noise.hybrid import VARIANTS, HybridSchedule, esolm_diffusion_mask, esolm_sequential_mask
+from dlm.noise.masked import MaskedProcess
+from dlm.samplers.base import MODEL, SampleBatch, SampleOutput, SamplerConfig, SampleState, report
+
+ESOLM_CACHES = ("kv", "none")
+
+
+@dataclass(frozen=True)
+class EsolmConfig(SamplerConfig):
+    steps: int | None = None  # denoising steps of the whole generation, in expectation (default: one per token)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cache: str = "kv"  # kv: the exact KV cache (variant A: sequential phase only); none: every call runs all
+    alpha0: float | None = field(default=None, metadata=MODEL)
+    variant: str | None = field(default=None, metadata=MODEL)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cache not in ESOLM_CACHES:
+            raise DlmError(f"unknown cache {self.cache!r} for the esolm sampler; choose one of: "
+                           f"{', '.join(ESOLM_CACHES)}")
+        if self.alpha0 is None or self.variant is None:
+            raise DlmError("the esolm sampler needs the model's alpha0 and variant: sample a model trained with "
+                           "--objective esolm")
+        if not 0.0 <= self.alpha0 <= 1.0 or self.variant not in VARIANTS:
+            raise DlmError(f"the esolm sampler needs alpha0 in [0, 1] and variant A or B, got {self.alpha0} and "
+                           f"{self.variant!r}")
+
+    def diffusion_steps(self, gen_length: int) -> int:
+        """The diffusion phase's share of ``steps``: the sequential phase takes one step per token left masked,
+        (1 - alpha0) gen_length in expectation."""
+        steps = self.steps or gen_length
+        return max(1, steps - round((1.0 - self.alpha0) * gen_length))
 
 
 class AppendFirst:
@@ -93,45 +125,16 @@ def binomial(n: torch.Tensor, p: float, generator: Generators = None) -> torch.T
     return ((u < p) & (cols[None, :] >= start[:, None])).sum(1)
 
 
-def _ended(x: torch.Tensor, clean: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
-    """Rows with an ``eos_id`` after ``start`` and no mask before their first one: nothing left to generate."""
-    is_eos = (x[:, start:] == eos_id) & clean[:, start:]
-    first = is_eos.long().argmax(1)
-    cols = torch.arange(is_eos.shape[1], device=x.device)
-    return is_eos.any(1) & ~(~clean[:, start:] & (cols[None, :] < first[:, None])).any(1)
-
-
 @torch.no_grad()
-def esolm_generate(
-    model,
-    prompt: torch.Tensor,
-    *,
-    mask_id: int,
-    alpha0: float,
-    variant: str,
-    gen_length: int,
-    steps: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    use_cache: bool = True,
-    eos_id: int | None = None,
-    generator: Generators = None,
-    history: list[torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """prompt [B, Lp] (no padding) -> (tokens [B, Lp + gen_length], number of model calls).
-
-    ``model(x, None, *, attn_mask, positions, kv_cache=None) -> logits`` is a ``dlm`` Transformer (the cache needs
-    ``model.blocks``; ``use_cache=False`` takes any callable of that signature). ``steps``: diffusion steps; the
-    sequential phase adds one call per token it decodes. ``generator``: one for the batch or one per row (a row
-    draws only for its own tokens, so its sample does not depend on the batch). With ``eos_id``, a row ends once it
-    holds an ``<|endoftext|>`` with no mask before it; everything after it is returned as ``<|endoftext|>``.
-    """
-    if gen_length <= 0 or steps <= 0:
-        raise DlmError("gen_length and steps must be positive")
-    if not 0.0 <= alpha0 <= 1.0 or variant not in VARIANTS:
-        raise DlmError(f"the esolm sampler needs alpha0 in [0, 1] and variant A or B, got {alpha0} and {variant!r}")
-    schedule = HybridSchedule(alpha0)
+def esolm_generate(model, batch: SampleBatch, config: EsolmConfig, generators=None, on_step=None) -> SampleOutput:
+    """An unpadded batch -> the canvas. ``model(x, None, *, attn_mask, positions, kv_cache=None) -> logits``
+    (the cache needs ``model.new_cache``; ``cache="none"`` takes any callable of that signature). A row draws only
+    for its own tokens, so with one generator per row its sample does not depend on the batch."""
+    alpha0, variant, generator = config.alpha0, config.variant, generators
+    temperature, top_k, top_p = config.temperature, config.top_k, config.top_p
+    use_cache, mask_id, prompt = config.cache == "kv", batch.mask_id, batch.prompt
+    gen_length, steps = batch.gen_length, config.diffusion_steps(batch.gen_length)
+    process = MaskedProcess(HybridSchedule(alpha0), mask_id)
     B, Lp = prompt.shape
     G, L, dev = gen_length, prompt.shape[1] + gen_length, prompt.device
     x = torch.cat([prompt, torch.full((B, G), mask_id, dtype=prompt.dtype, device=dev)], 1)  # (B, L)
@@ -145,11 +148,13 @@ def esolm_generate(
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     counts, left = [], torch.full((B,), G, device=dev)
     for i in range(steps):
-        alpha_t, alpha_s = schedule.alpha(times[i]), schedule.alpha(times[i + 1])
-        counts.append(binomial(left, float((alpha_s - alpha_t) / (1.0 - alpha_t)), generator))
+        counts.append(binomial(left, float(process.reveal_prob(times[i + 1], times[i])), generator))
         left = left - counts[-1]
 
-    cache = KVCache(len(model.blocks)) if use_cache else None
+    # the cache holds the prompt, every reveal call's padded width and the sequential phase's tokens (A: every clean
+    # token once more), plus one call's masks: within L + G + (the widest reveal of each diffusion step) + G
+    widest = sum(int(c.max()) for c in counts)
+    cache = model.new_cache(B, L + 2 * G + widest) if use_cache else None
     valid = torch.zeros(B, 0, dtype=torch.bool, device=dev)  # the real keys of the cache
     new_pos = torch.arange(Lp, device=dev).repeat(B, 1)  # (B, P): clean tokens not yet in the cache
     new_ok = torch.ones(B, Lp, dtype=torch.bool, device=dev)
@@ -177,10 +182,11 @@ def esolm_generate(
                 logits = model(torch.cat([z0, x], 1), None, attn_mask=attn_mask,
                                positions=torch.arange(L, device=dev).repeat(2))[:, :L]
             logits = logits.gather(1, q_pos[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Q, V)
-        return subs_log_probs(logits, mask_id)
+        return process.log_probs(logits)
 
-    def reveal(q_pos: torch.Tensor, q_ok: torch.Tensor) -> None:
-        """Draw the tokens at q_pos [B, Q] where q_ok (right-aligned: a row's real slots are its last ones)."""
+    def reveal(q_pos: torch.Tensor, q_ok: torch.Tensor) -> bool:
+        """Draw the tokens at q_pos [B, Q] where q_ok (right-aligned: a row's real slots are its last ones); False
+        when ``on_step`` says stop."""
         nonlocal nfe
         log_p = log_probs(q_pos, q_ok)
         nfe += 1
@@ -189,23 +195,17 @@ def esolm_generate(
         rows, slots = q_ok.nonzero(as_tuple=True)
         x[rows, q_pos[rows, slots]] = draw[rows, slots]
         clean[rows, q_pos[rows, slots]] = True
-        if history is not None:
-            history.append(x.clone())
+        return report(on_step, lambda: SampleState(x, clean.clone(), nfe, nfe, masked=~clean))
 
-    ended = torch.zeros(B, dtype=torch.bool, device=dev)
     revealed = torch.zeros(B, dtype=torch.long, device=dev)  # generated positions revealed so far
     # 3. diffusion phase: the next counts[i] positions of the order at step i
     for n in counts:
-        n = torch.where(ended, 0, n)
         if int(n.max()) == 0:
             continue
         slots = torch.arange(int(n.max()), device=dev)[None, :] - (int(n.max()) - n[:, None])  # (B, Q), < 0: padding
-        reveal(order.gather(1, (revealed[:, None] + slots).clamp(0, G - 1)), slots >= 0)
+        if not reveal(order.gather(1, (revealed[:, None] + slots).clamp(0, G - 1)), slots >= 0):
+            return SampleOutput(x, nfe)
         revealed = revealed + n
-        if eos_id is not None:
-            ended |= _ended(x, clean, Lp, eos_id)
-        if ended.all():
-            break
     # 4. sequential phase: the leftmost mask of each row, one per call
     z0_clean = clean.clone()
     if use_cache and variant == "A":  # every clean token, in rank order, into the cache with the first query
@@ -213,12 +213,7 @@ def esolm_generate(
         new_pos = rank.argsort(1)[:, :width]  # positions by rank: the clean ones first
         new_ok = torch.arange(width, device=dev)[None, :] < z0_clean.sum(1, keepdim=True)
     while True:
-        todo = (~clean).any(1) & ~ended  # (B,)
-        if not todo.any():
+        todo = (~clean).any(1)  # (B,)
+        if not todo.any() or not reveal((~clean).long().argmax(1, keepdim=True), todo[:, None]):
             break
-        reveal((~clean).long().argmax(1, keepdim=True), todo[:, None])
-        if eos_id is not None:
-            ended |= _ended(x, clean, Lp, eos_id)
-    if eos_id is not None:
-        end_at_eos(x, Lp, eos_id)
-    return x, nfe
+    return SampleOutput(x, nfe)

@@ -23,7 +23,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.noise.gaussian import GaussianSchedule, get_gaussian_schedule
-from dlm.objectives.gaussian import convert, predict_x0_eps
+from dlm.noise.gaussian import convert, predict_x0_eps
 from dlm.registry import Registry
 
 
@@ -50,14 +50,17 @@ def time_grid(
     raise DlmError(f"unknown time spacing {spacing!r}; choose one of: time, lambda")
 
 
-def guided(model_cond, model_uncond, w: float):
-    """Classifier-free guidance: pred_uncond + w (pred_cond - pred_uncond), computed as (1 - w) u + w c so that
-    w = 1 returns the conditional prediction and w = 0 the unconditional one exactly. Linear, so it applies to
-    any target. For one model taking a condition, pass ``lambda x, t: model(x, t, cond)`` and its null-cond twin.
-    Each call runs both models: the real model calls are twice the sampler's nfe."""
+def guided(model_cond, model_uncond, scale: float):
+    """Classifier-free guidance, the project's one convention (LLaDA's, also the confidence sampler's):
+    pred = cond + s (cond - uncond) with s = ``scale`` >= 0, computed as (1 + s) c - s u so that s = 0 returns the
+    conditional prediction exactly. Linear, so it applies to any target. For one model taking a condition, pass
+    ``lambda x, t: model(x, t, cond)`` and its null-cond twin. Each call runs both models: the real model calls
+    are twice the sampler's nfe. (s here is w - 1 of the w-parameterisation u + w (c - u).)"""
+    if not scale >= 0:
+        raise DlmError(f"the guidance scale must be >= 0 (0: the conditional model), got {scale}")
 
     def denoiser(x, t):
-        return (1.0 - w) * model_uncond(x, t) + w * model_cond(x, t)
+        return (1.0 + scale) * model_cond(x, t) - scale * model_uncond(x, t)
 
     return denoiser
 

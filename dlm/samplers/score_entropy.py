@@ -1,134 +1,130 @@
-"""SEDD's samplers: Euler and the analytic (Tweedie tau-leaping) step on the learned ratios, then a denoising step.
+"""SEDD's samplers and UDLM's: tau-leaping steps of a ratio model, ending with a denoising step.
 
-Grid 1 = t_0 > t_1 > ... > t_T = 0, step t -> s, delta = sigma_bar(t) - sigma_bar(s). Each position moves
-independently given xt (tau-leaping); s_y are the model's ratios at xt (``log_ratios``, s = 1 at y = xt^l),
-K = exp(delta Q) the forward kernel over the step (K(y, x): from y at time s to x at time t) and N the ids:
+Grid 1 = t_0 > t_1 > ... > t_T = 0, T = ``steps``. Each step reads the model's ratios s at (xt, t) and draws every
+position independently from the reverse step's probabilities of the graph (``dlm.noise.graphs.step_probs``:
+Euler or the analytic Tweedie step; the last step is the denoising step), in float64 by Gumbel-max
+(``dlm.noise.categorical``); with one generator per row a row's sample does not depend on its batch.
 
-- Euler:    p(y) = delta Q(y, x) s_y for y != x = xt^l (delta: sigma(t) dt integrated over the step), and
-            p(x) = 1 - sum_{y != x} p(y).
-- analytic: p(y) proportional to [s^T exp(-delta Q)]_y K(y, x), the exact one-position reverse kernel
-            p_s(y) / p_t(x) * p(x | y) written with the ratios (SEDD's Tweedie tau-leaping).
-  absorb, x = m:  p(y) = (e^delta - 1) s_y, p(m) = 1 - (e^delta - 1) sum_{y != m} s_y; with the exact ratios this is
-                  MDLM's reveal probability (alpha_s - alpha_t) / (1 - alpha_t) times p(x0 = y | xt).
-  uniform:        p(y) ∝ [e^delta s_y + (1 - e^delta) S / N] [e^-delta [y = x] + (1 - e^-delta) / N], S = sum_z s_z.
-Negative values (possible with a model's ratios) are clipped to 0 before normalising. The last step (to t = 0) is
-the denoising step of both samplers: the analytic step with delta = sigma_bar(t), and (absorb) no mass on the mask.
-Draws are float64 inverse-CDF draws (``dlm.samplers.categorical``); with one generator per row a row's sample does
-not depend on its batch. If nothing changed and the model is not time-conditioned, the previous logits are reused.
+- ``sedd-analytic`` / ``sedd-euler`` (``--objective sedd``): ratios by SEDD's output scaling
+  (``dlm.noise.graphs.log_ratios``) on the model's graph. Absorb: the canvas starts masked and only masks change
+  (masks in the prompt are infilled); uniform: the generated region starts as uniformly random ids and every
+  position of it may change at every step.
+- ``udlm`` (``--objective udlm``): the x0-predicting model read through UDLM's mean parameterisation
+  (``dlm.noise.uniform.mean_log_ratios``) on the uniform graph; its analytic step is UDLM's ancestral step.
+
+If nothing changed and the model is not time-conditioned, the previous logits are reused.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 
 import torch
 
-from dlm.noise.schedules import Schedule, get_schedule
-from dlm.objectives.score_entropy import GRAPHS, log_ratios, sigma_bar
-from dlm.samplers.batching import end_at_eos, padding_inputs
-from dlm.samplers.categorical import Generators, sample_categorical, uniform
-
-METHODS = ("euler", "analytic")
-
-
-def _absorb_probs(log_s, x, delta: float, method: str, final: bool, mask_id: int) -> torch.Tensor:
-    """Step probabilities [B, L, V] in float64 (only masked positions are drawn from them)."""
-    m = torch.tensor([mask_id], device=x.device)
-    rate = delta if method == "euler" else math.expm1(delta)
-    p = rate * log_s.exp().index_fill(-1, m, 0.0)  # (B, L, V): the jumps y != m
-    stay = torch.zeros_like(p[..., 0]) if final else (1.0 - p.sum(-1)).clamp_min(0.0)  # (B, L): p(m)
-    return p.index_copy(-1, m, stay[..., None])
+from dlm.errors import DlmError
+from dlm.noise.categorical import sample_categorical, uniform
+from dlm.noise.graphs import GRAPH_NAMES, log_ratios, sigma_bar, step_probs
+from dlm.noise.schedules import get_schedule
+from dlm.noise.uniform import mean_log_ratios
+from dlm.samplers.base import MODEL, ReuseLogits, SampleBatch, SampleOutput, SamplerConfig, SampleState, report
 
 
-def _uniform_probs(log_s, x, delta: float, method: str, final: bool, mask_id: int) -> torch.Tensor:
-    N = log_s.shape[-1]
-    s = log_s.exp()  # (B, L, N), s_x = 1
-    own = torch.nn.functional.one_hot(x, N).double()  # (B, L, N)
-    if method == "euler" and not final:
-        p = delta / N * s * (1.0 - own)  # the jumps y != x
-        return p + own * (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0)
-    back = math.exp(delta) * s + (1.0 - math.exp(delta)) * s.sum(-1, keepdim=True) / N  # [s^T exp(-delta Q)]_y
-    fwd = own * math.exp(-delta) + (1.0 - math.exp(-delta)) / N  # K(y, x)
-    return back.clamp_min(0.0) * fwd
+@dataclass(frozen=True)
+class SeddConfig(SamplerConfig):
+    steps: int | None = None  # denoising steps (default: one per generated token)
+    graph: str = field(default="absorb", metadata=MODEL)
+    schedule: str = field(default="loglinear", metadata=MODEL)
+    time_conditioned: bool = field(default=False, metadata=MODEL)
+    vocab_size: int | None = field(default=None, metadata=MODEL)  # the uniform graph's ids
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.graph not in GRAPH_NAMES:
+            raise DlmError(f"unknown graph {self.graph!r}; choose one of: {', '.join(GRAPH_NAMES)}")
+        if self.graph == "uniform" and self.vocab_size is None:
+            raise DlmError("the uniform graph needs vocab_size to draw its starting canvas")
 
 
-_PROBS = {"absorb": _absorb_probs, "uniform": _uniform_probs}
+@dataclass(frozen=True)
+class UdlmConfig(SamplerConfig):
+    steps: int | None = None  # denoising steps (default: one per generated token)
+    schedule: str = field(default="loglinear", metadata=MODEL)
+    vocab_size: int | None = field(default=None, metadata=MODEL)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vocab_size is None:
+            raise DlmError("the udlm sampler needs vocab_size to draw its starting canvas")
 
 
 @torch.no_grad()
-def sedd_generate(
-    model,
-    prompt: torch.Tensor,
-    *,
-    graph: str = "absorb",
-    method: str = "analytic",
-    mask_id: int,
-    vocab_size: int | None = None,
-    gen_length: int,
-    steps: int,
-    schedule: str | Schedule = "loglinear",
-    time_conditioned: bool = False,
-    prompt_mask: torch.Tensor | None = None,
-    eos_id: int | None = None,
-    generator: Generators = None,
-    history: list[torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """prompt [B, Lp] -> (tokens [B, Lp + gen_length], number of model calls). The prompt stays fixed (absorb:
-    masks in it are infilled). ``prompt_mask`` [B, Lp] marks the real tokens of left-padded prompts;
-    ``generator`` is one for the batch or one per row; with ``eos_id`` everything after a row's first generated
-    ``<|endoftext|>`` is returned as one. ``vocab_size``: the ids of the uniform graph's starting canvas."""
-    GRAPHS.get(graph)
-    if graph == "uniform" and vocab_size is None:
-        raise ValueError("the uniform graph needs vocab_size to draw its starting canvas")
-    if method not in METHODS:
-        raise ValueError(f"unknown SEDD step {method!r}; choose one of: {', '.join(METHODS)}")
+def _ratio_loop(model, batch: SampleBatch, *, graph: str, method: str, steps: int | None, schedule,
+                time_conditioned: bool, vocab_size: int | None, ratios, generators, on_step) -> SampleOutput:
     schedule = get_schedule(schedule)
-    B, prompt_len = prompt.shape
-    pads = None if prompt_mask is None else (~prompt_mask).sum(1)  # a row draws only for its own columns
-    # 1. the canvas at t = 1: masks (absorb) or uniformly random ids (uniform)
-    if graph == "absorb":
-        noise = torch.full((B, gen_length), mask_id, dtype=prompt.dtype, device=prompt.device)
-    else:
-        u = uniform((B, gen_length), generator=generator, device=prompt.device)
-        noise = (u * vocab_size).long().clamp_max(vocab_size - 1)
-    x = torch.cat([prompt, noise], 1)  # (B, L)
-    movable = torch.zeros_like(x, dtype=torch.bool)
-    movable[:, prompt_len:] = True  # uniform: only the generated region moves
-    keys, positions = padding_inputs(prompt_mask, x.shape[1])
+    steps = steps or batch.gen_length
+    mask_id, prompt_len = batch.mask_id, batch.prompt_len
+    x = batch.tokens.clone()
+    B = x.shape[0]
+    pads = batch.pads()  # a row draws only for its own columns
+    # 1. the canvas at t = 1: masks (absorb) or uniformly random ids in the generated region (uniform)
+    movable = ~batch.fixed
+    if graph == "uniform":
+        u = uniform((B, batch.gen_length), generator=generators, device=x.device)
+        x[:, prompt_len:] = (u * vocab_size).long().clamp_max(vocab_size - 1)
+    keys, positions = batch.attention()
     kw = {} if keys is None else {"attn_mask": keys[:, None, :], "positions": positions}
+    call = ReuseLogits(lambda x, t: model(x, t.float().expand(B), **kw), reusable=not time_conditioned)
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=x.device)
-    logits, nfe = None, 0
     for i in range(steps):
         t, s = times[i], times[i + 1]
         final = i == steps - 1
         if graph == "absorb" and not (x == mask_id).any():
             break  # nothing left to unmask
         # 2. ratios at (x, t)
-        if logits is None:
-            logits = model(x, t.float().expand(B), **kw)  # (B, L, V)
-            nfe += 1
-        log_s = log_ratios(logits.double(), x, t.expand(B), graph=graph, schedule=schedule)  # (B, L, V)
+        log_s = ratios(call(x, t), x, t.expand(B))  # (B, L, V) float64
         # 3. one reverse step per position, drawn in float64
         delta = (sigma_bar(schedule, t) - sigma_bar(schedule, s)).item()
-        probs = _PROBS[graph](log_s, x, delta, "analytic" if final else method, final, mask_id)  # (B, L, V)
-        draw = sample_categorical(probs.log(), generator=generator, starts=pads)  # (B, L)
+        probs = step_probs(graph, log_s, x, delta, method, final, mask_id)  # (B, L, V)
+        draw = sample_categorical(probs.log(), generator=generators, starts=pads)  # (B, L)
         change = (x == mask_id) if graph == "absorb" else movable
-        x_new = torch.where(change, draw, x)
-        if time_conditioned or not torch.equal(x_new, x):
-            logits = None  # the input changed (or t matters): call the model again next step
-        x = x_new
-        if history is not None:
-            history.append(x.clone())
-    if eos_id is not None:
-        end_at_eos(x, prompt_len, eos_id)
-    return x, nfe
+        x = torch.where(change, draw, x)
+
+        def state():
+            committed = (x != mask_id) if graph == "absorb" else (batch.fixed | final)
+            return SampleState(x, committed.expand_as(x), i + 1, call.nfe,
+                               masked=(x == mask_id) if graph == "absorb" else None)
+
+        if not report(on_step, state):
+            break
+    return SampleOutput(x, call.nfe)
 
 
-def sedd_euler(model, prompt, **kw) -> tuple[torch.Tensor, int]:
-    """``sedd_generate`` with Euler steps (and the analytic denoising step at the end)."""
-    return sedd_generate(model, prompt, method="euler", **kw)
+def _sedd(method: str):
+    def generate(model, batch: SampleBatch, config: SeddConfig, generators=None, on_step=None) -> SampleOutput:
+        schedule = get_schedule(config.schedule)
+        ratios = lambda logits, x, t: log_ratios(logits.double(), x, t, graph=config.graph, schedule=schedule)  # noqa: E731
+        return _ratio_loop(model, batch, graph=config.graph, method=method, steps=config.steps, schedule=schedule,
+                           time_conditioned=config.time_conditioned, vocab_size=config.vocab_size, ratios=ratios,
+                           generators=generators, on_step=on_step)
+
+    generate.__name__ = f"sedd_{method}"
+    generate.__doc__ = f"SEDD with {method} steps (and the analytic denoising step at the end)."
+    return generate
 
 
-def sedd_analytic(model, prompt, **kw) -> tuple[torch.Tensor, int]:
-    """``sedd_generate`` with the analytic (Tweedie tau-leaping) step."""
-    return sedd_generate(model, prompt, method="analytic", **kw)
+sedd_analytic = _sedd("analytic")
+sedd_euler = _sedd("euler")
+
+
+def udlm_generate(model, batch: SampleBatch, config: UdlmConfig, generators=None, on_step=None) -> SampleOutput:
+    """UDLM's ancestral sampler: SEDD's analytic step on the ratios of the predicted x0, from uniformly random ids;
+    every generated token may change at every step. The model is time-conditioned."""
+    schedule = get_schedule(config.schedule)
+
+    def ratios(logits, x, t):  # mean parameterisation, then SEDD's uniform graph (no shift)
+        log_s = mean_log_ratios(logits, x, t, schedule=schedule, mask_id=batch.mask_id).double()
+        return log_ratios(log_s, x, t, graph="uniform", schedule=schedule)
+
+    return _ratio_loop(model, batch, graph="uniform", method="analytic", steps=config.steps, schedule=schedule,
+                       time_conditioned=True, vocab_size=config.vocab_size, ratios=ratios, generators=generators,
+                       on_step=on_step)

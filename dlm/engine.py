@@ -1,0 +1,122 @@
+"""The Engine: text in, text out, for every front end (``dlm sample``, ``dlm bench sample``, bench/ scripts, tests).
+
+    engine = dlm.Engine.load("runs/tiny")                   # or dlm.Engine(model, tokenizer, run_config)
+    [result] = engine.generate(["Emma was"], sampler="confidence", gen_length=32, steps=32, block_length=8)
+    print(result.text, result.nfe, result.seconds)
+
+``generate(prompts, sampler=None, seed=0, on_step=None, **options)``: ``options`` are the sampler's own (its
+config dataclass, e.g. ``ConfidenceConfig``: steps, block_length, temperature, threshold, cache, ...; one that does
+not apply to the sampler is an error) and the Engine's: ``gen_length`` (tokens to generate), ``stop_at_eos`` (end a
+sample at its first ``<|endoftext|>``), ``batch_size`` (samples run together, left-padded), ``history`` (keep every
+intermediate canvas). Prompt i draws from its own generator seeded ``seed + i``, so a prompt's sample does not
+depend on the batch it runs in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dlm.errors import DlmError
+from dlm.samplers import SAMPLERS, SampleBatch, model_facts, run_sampler
+
+
+@dataclass
+class Result:
+    prompt: str
+    text: str  # the continuation (up to its first <|endoftext|> with stop_at_eos)
+    tokens: list[int]  # its token ids
+    nfe: int  # model calls of the batch it was generated in
+    seconds: float  # wall time of that batch
+    history: list[str] | None = None  # the rendered canvas after every step (history=True)
+
+
+def render(tokenizer, ids) -> str:
+    """Text of token ids with masks shown as ░ and padding dropped."""
+    return tokenizer.decode(list(ids), skip_special_tokens=False).replace("<|mask|>", "░").replace("<|pad|>", "")
+
+
+class Engine:
+    """A loaded model with its tokenizer and run config, and the samplers that apply to it."""
+
+    def __init__(self, model, tokenizer, run_config):
+        self.model, self.tokenizer, self.config = model, tokenizer, run_config
+
+    @classmethod
+    def load(cls, path, **kw) -> "Engine":
+        from dlm.train.checkpoint import load
+
+        return cls(*load(path, **kw))
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The samplers that fit the model's objective; the first is the default."""
+        from dlm.objectives import OBJECTIVES
+
+        return OBJECTIVES.get(self.config.train.objective).samplers
+
+    def sampler_config(self, sampler: str | None = None, **options):
+        """(name, frozen config) of ``sampler`` (default: the model's own) with ``options``; inapplicable options
+        and samplers are one-line errors."""
+        name = sampler or self.samplers[0]
+        entry = SAMPLERS.get(name)
+        if name not in self.samplers:
+            raise DlmError(f"sampler {name!r} does not apply to a model trained with --objective "
+                           f"{self.config.train.objective}; use one of: {', '.join(self.samplers)}")
+        return name, entry.make_config(options, model_facts(self.config, self.tokenizer))
+
+    def generate(self, prompts: str | list[str], sampler: str | None = None, seed: int = 0, on_step=None,
+                 **options) -> list[Result]:
+        """One continuation per prompt (see the module docstring)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return self.generate_ids([self.tokenizer.encode(p) for p in prompts], sampler, seed, on_step, **options)
+
+    def generate_ids(self, prompts: list[list[int]], sampler: str | None = None, seed: int = 0, on_step=None, *,
+                     gen_length: int = 64, stop_at_eos: bool = True, batch_size: int = 16, history: bool = False,
+                     **options) -> list[Result]:
+        """``generate`` for prompts given as token ids."""
+        if not prompts:
+            raise DlmError("there must be at least one prompt")
+        if gen_length <= 0 or batch_size <= 0:
+            raise DlmError(f"gen_length and batch_size must be positive, got {gen_length} and {batch_size}")
+        name, config = self.sampler_config(sampler, **options)
+        entry, tok = SAMPLERS.get(name), self.tokenizer
+        longest, context = max(len(e) for e in prompts), self.config.model.max_seq_len
+        if longest + gen_length > context:
+            raise DlmError(f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
+                           f"{context} tokens; shorten the prompt or lower --gen-length")
+        device = _device(self.model)
+        results: list[Result] = []
+        for first in range(0, len(prompts), batch_size):
+            rows = prompts[first : first + batch_size]
+            batch = SampleBatch.from_prompts(rows, gen_length, mask_id=tok.mask_id, eos_id=tok.eos_id,
+                                             pad_id=tok.pad_id)
+            batch = _to(batch, device)
+            generators = [torch.Generator(device=device).manual_seed(seed + first + i) for i in range(len(rows))]
+            start = time.perf_counter()
+            out = run_sampler(entry, self.model, batch, config, generators, on_step, stop_at_eos=stop_at_eos,
+                              history=history)
+            seconds = time.perf_counter() - start
+            for j, row in enumerate(out.tokens[:, batch.prompt_len :].tolist()):
+                if stop_at_eos and tok.eos_id in row:
+                    row = row[: row.index(tok.eos_id)]
+                steps = None if out.history is None else [render(tok, s.tolist()) for s in out.history[j]]
+                results.append(Result(render(tok, rows[j]), render(tok, row), row, out.nfe, seconds, steps))
+        return results
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _to(batch: SampleBatch, device: torch.device) -> SampleBatch:
+    if batch.tokens.device == device:
+        return batch
+    real = None if batch.real is None else batch.real.to(device)
+    return SampleBatch(batch.tokens.to(device), batch.fixed.to(device), real, batch.prompt_len, batch.mask_id,
+                       batch.eos_id, batch.pad_id)
