@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from dlm.models.transformer import KVCache
 from dlm.samplers.batching import padding_inputs
 from dlm.samplers.categorical import Generators, sample_categorical
 
@@ -27,7 +26,7 @@ def ar_generate(
 ) -> torch.Tensor:
     """prompt [B, Lp] -> [B, Lp + gen_length]. The model sees ``<|endoftext|>`` + prompt, as in training.
 
-    ``use_cache=True`` needs a ``dlm`` Transformer (prefill once, then one token per call); ``use_cache=False``
+    ``use_cache=True`` needs a model with ``new_cache`` (prefill once, then one token per call); ``use_cache=False``
     re-runs the whole prefix every step and works with any causal ``model(x) -> logits``.
     ``prompt_mask`` [B, Lp] marks the real tokens of left-padded prompts. ``stop_at_eos``: a row that draws
     ``<|endoftext|>`` draws nothing more (the rest of its row is ``<|endoftext|>``); generation stops when all have.
@@ -38,7 +37,7 @@ def ar_generate(
     seq = torch.cat([start, prompt], dim=1)
     mask = None if prompt_mask is None else torch.cat([prompt_mask.new_ones(B, 1), prompt_mask], dim=1)
     keys, positions = padding_inputs(mask, seq.shape[1] + gen_length)  # None when nothing is padded
-    cache = KVCache(len(model.blocks)) if use_cache else None
+    cache = model.new_cache(B, seq.shape[1] + gen_length) if use_cache else None
 
     def next_logits(new_tokens: int) -> torch.Tensor:
         """Logits after the last token, running the new tokens (cache) or the whole sequence."""

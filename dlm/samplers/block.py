@@ -34,7 +34,8 @@ from dlm.samplers.categorical import Generators, sample_categorical, uniform
 
 
 class AttendOnly:
-    """A ``KVCache`` that a call attends to without storing its own keys and values (those of a noisy block)."""
+    """A ``KVCache`` that a call attends to without storing its own keys and values (those of a noisy block): they
+    go into the cache's free slots for this call only."""
 
     def __init__(self, cache: KVCache):
         self.cache = cache
@@ -44,10 +45,7 @@ class AttendOnly:
         return self.cache.length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        past_k, past_v = self.cache.keys[layer], self.cache.values[layer]
-        if past_k is None:
-            return k, v
-        return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, T + k, Dh)
+        return self.cache.update(layer, k, v, keep=0)  # (B, H, T + k, Dh)
 
 
 def num_blocks_to_generate(prompt_len: int, gen_length: int, block_size: int) -> int:
@@ -76,7 +74,7 @@ def block_generate(
     """prompt [B, Lp] (no padding) -> (tokens [B, Lp + gen_length], number of model calls).
 
     ``model(x, None, attn_mask=..., kv_cache=...) -> logits`` is a bidirectional ``dlm`` Transformer (the cache
-    needs ``model.blocks``; ``use_cache=False`` takes any callable of that signature). ``generator``: one for the
+    needs ``model.new_cache``; ``use_cache=False`` takes any callable of that signature). ``generator``: one for the
     batch or one per row (a row draws only while its block has masks, so its sample does not depend on the batch).
     With ``eos_id``, a row ends with the block that holds its first ``<|endoftext|>`` after the prompt; everything
     after it is returned as ``<|endoftext|>``, and generation stops when every row has ended.
@@ -92,7 +90,7 @@ def block_generate(
     x = torch.cat([prompt, torch.full((B, last * k - prompt_len), mask_id, dtype=prompt.dtype, device=prompt.device)],
                   1)  # (B, last * k)
     times = torch.linspace(1.0, 0.0, steps_per_block + 1, dtype=torch.float64, device=x.device)
-    cache = KVCache(len(model.blocks)) if use_cache else None
+    cache = model.new_cache(B, last * k) if use_cache else None  # the finished blocks and the one being denoised
     ended = torch.zeros(B, dtype=torch.bool, device=x.device)
     nfe = 0
     if use_cache and first > 0:  # the prompt's whole blocks, clean, into the cache in one call

@@ -3,7 +3,7 @@
 From z_1 ~ N(0, I) [B, L, E], DDPM, DDIM or DPM-Solver++(2M) of ``dlm.samplers.ode`` runs down the grid
 1 = t_0 > ... > t_T = t_min (uniform in t) with the x0-predicting denoiser
 
-    x0_hat(z_t, t) = clamp(model(None, t, inputs_embeds=z_t)),      clamp(x)^l = E[argmin_v ||x^l - E_v||^2]
+    x0_hat(z_t, t) = clamp(model.forward_embeds(z_t, t)),           clamp(x)^l = E[argmin_v ||x^l - E_v||^2]
 
 (the clamping trick of Li et al. 2022, sec. 4.2: every step's estimate of x0 snaps to the nearest word embedding,
 so the sampler commits to words). Prompt positions stay on their own noised embeddings: the model sees
@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from dlm.noise.gaussian import expand_to, get_gaussian_schedule
-from dlm.objectives.embedding import backbone, first_latent_time
+from dlm.models.transformer import call_method, unwrap
+from dlm.objectives.embedding import first_latent_time
 from dlm.samplers.ode import ODE_SAMPLERS, time_grid
 
 
@@ -58,13 +59,13 @@ def diffusion_lm_generate(
     generator: torch.Generator | None = None,
     history: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """prompt [B, Lp] -> (tokens [B, Lp + gen_length], model calls). ``model`` is a Transformer with a continuous
-    path; ``ode_sampler`` names an entry of ``ODE_SAMPLERS``; ``history`` gets each step's x0_hat as tokens."""
+    """prompt [B, Lp] -> (tokens [B, Lp + gen_length], model calls). ``model`` has the continuous path of the
+    model contract (``embed``, ``embedding_weight``, ``forward_embeds``); ``ode_sampler`` names an entry of ``ODE_SAMPLERS``; ``history`` gets each step's x0_hat as tokens."""
     sample = ODE_SAMPLERS.get(ode_sampler)
     schedule = get_gaussian_schedule(schedule)
     t_min = first_latent_time(schedule) if t_min is None else t_min
-    net = backbone(model)
-    weight = net.embed.weight  # (V, E)
+    net = unwrap(model)
+    weight = net.embedding_weight  # (V, E)
     B, Lp = prompt.shape
     # the sampler's state is float64: the PF-ODE drift f x - g^2 score / 2 cancels terms of size |f| ~ 1 / alpha^2
     # near t = 1 (alpha_1 = 1e-4), which float32 cannot resolve; the model still runs in its own dtype
@@ -78,7 +79,7 @@ def diffusion_lm_generate(
         alpha, sigma = expand_to(schedule.alpha(t), e_prompt), expand_to(schedule.sigma(t), e_prompt)
         z_t = torch.cat([alpha * e_prompt + sigma * eps_prompt, z_t[:, Lp:]], dim=1)  # (B, L, E)
         # 2. predict x0, 3. clamp it to the nearest word embeddings
-        x0_hat = model(None, t.to(weight.dtype), inputs_embeds=z_t.to(weight.dtype)).double()  # (B, L, E)
+        x0_hat = call_method(model, "forward_embeds", z_t.to(weight.dtype), t.to(weight.dtype)).double()  # (B, L, E)
         if clamp or history is not None:
             clamped, ids = clamp_to_embeddings(x0_hat[:, Lp:], weight, exclude)  # (B, Lg, E), (B, Lg)
             if history is not None:

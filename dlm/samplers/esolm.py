@@ -50,12 +50,7 @@ class AppendFirst:
         return self.cache.length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        past_k, past_v = self.cache.keys[layer], self.cache.values[layer]
-        keep = self.n if past_k is None else past_k.shape[2] + self.n  # T + n
-        if past_k is not None:
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, T + P + Q, Dh)
-        self.cache.keys[layer], self.cache.values[layer] = k[:, :, :keep], v[:, :, :keep]
-        return k, v
+        return self.cache.update(layer, k, v, keep=self.n)  # (B, H, T + P + Q, Dh), the first T + P stay
 
 
 def cached_call_mask(valid: torch.Tensor, new_ok: torch.Tensor, query_ok: torch.Tensor, *,
@@ -122,7 +117,7 @@ def esolm_generate(
     """prompt [B, Lp] (no padding) -> (tokens [B, Lp + gen_length], number of model calls).
 
     ``model(x, None, *, attn_mask, positions, kv_cache=None) -> logits`` is a ``dlm`` Transformer (the cache needs
-    ``model.blocks``; ``use_cache=False`` takes any callable of that signature). ``steps``: diffusion steps; the
+    ``model.new_cache``; ``use_cache=False`` takes any callable of that signature). ``steps``: diffusion steps; the
     sequential phase adds one call per token it decodes. ``generator``: one for the batch or one per row (a row
     draws only for its own tokens, so its sample does not depend on the batch). With ``eos_id``, a row ends once it
     holds an ``<|endoftext|>`` with no mask before it; everything after it is returned as ``<|endoftext|>``.
@@ -149,7 +144,10 @@ def esolm_generate(
         counts.append(binomial(left, float((alpha_s - alpha_t) / (1.0 - alpha_t)), generator))
         left = left - counts[-1]
 
-    cache = KVCache(len(model.blocks)) if use_cache else None
+    # the cache holds the prompt, every reveal call's padded width and the sequential phase's tokens (A: every clean
+    # token once more), plus one call's masks: within L + G + (the widest reveal of each diffusion step) + G
+    widest = sum(int(c.max()) for c in counts)
+    cache = model.new_cache(B, L + 2 * G + widest) if use_cache else None
     valid = torch.zeros(B, 0, dtype=torch.bool, device=dev)  # the real keys of the cache
     new_pos = torch.arange(Lp, device=dev).repeat(B, 1)  # (B, P): clean tokens not yet in the cache
     new_ok = torch.ones(B, Lp, dtype=torch.bool, device=dev)
