@@ -45,9 +45,11 @@ def test_continuous_path_with_the_embedding_table_reproduces_the_token_path(embe
     model = tiny_model(embed_dim, time_conditioning)
     x = torch.randint(50, (3, 10), generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0.1, 0.5, 0.9]) if time_conditioning else None
-    features = model(None, t, inputs_embeds=model.embed(x))  # (B, L, E)
+    features = model.forward_embeds(model.embed(x), t)  # (B, L, E)
     assert features.shape == (3, 10, embed_dim or 32)
-    assert torch.equal(model.head(features), model(x, t))
+    assert torch.equal(model.logits(features), model(x, t))
+    with pytest.warns(DeprecationWarning, match="forward_embeds"):  # the old spelling of the continuous path
+        assert torch.equal(model(None, t, inputs_embeds=model.embed(x)), features)
     with pytest.raises(ValueError, match="either token ids x or inputs_embeds"):
         model(x, t, inputs_embeds=model.embed(x))
 
@@ -59,7 +61,7 @@ def test_embed_dim_zero_builds_the_old_module():
     names = set(tiny_model(0).state_dict())
     assert not any(n.startswith(("in_proj", "out_proj")) for n in names)
     assert {"in_proj.weight", "out_proj.weight"} <= set(tiny_model(8).state_dict())
-    assert tiny_model(8).embed.weight.shape == (50, 8)
+    assert tiny_model(8).embedding_weight.shape == (50, 8)
 
 
 # --- schedule ----------------------------------------------------------------------------------------------------
@@ -110,13 +112,22 @@ class ExactDenoiser(nn.Module):
     def __init__(self, schedule):
         super().__init__()
         self.schedule = schedule
-        self.embed = nn.Embedding(4, 2)
-        self.embed.weight.data.copy_(CORNERS)
-        self.head = nn.Linear(2, 4, bias=False)
-        self.head.weight = self.embed.weight
+        self.table = nn.Embedding(4, 2)
+        self.table.weight.data.copy_(CORNERS)
 
-    def forward(self, x, t, *, inputs_embeds):
-        z, t = inputs_embeds.double(), t.double()
+    # the model contract's continuous path: embed, embedding_weight, forward_embeds, logits (a tied head)
+    def embed(self, ids):
+        return self.table(ids)
+
+    @property
+    def embedding_weight(self):
+        return self.table.weight
+
+    def logits(self, h):
+        return h @ self.table.weight.T
+
+    def forward_embeds(self, z, t):
+        z, t = z.double(), t.double()
         alpha, sigma = self.schedule.alpha(t)[:, None, None, None], self.schedule.sigma(t)[:, None, None, None]
         log_lik = -((z[:, :, None, :] - alpha * CORNERS) ** 2).sum(-1) / (2 * sigma[..., 0] ** 2)  # (B, L, 4)
         return (log_lik.softmax(-1)[..., None] * CORNERS).sum(-2)  # (B, L, 2)
@@ -155,7 +166,7 @@ def test_loss_terms_and_gradients_reach_the_embeddings():
     assert set(out.metrics) == {"mse", "rounding", "prior"}
     assert math.isclose(out.loss.item(), sum(out.metrics.values()), rel_tol=1e-5)
     out.loss.backward()
-    assert model.embed.weight.grad.abs().sum() > 0 and model.in_proj.weight.grad.abs().sum() > 0
+    assert model.embedding_weight.grad.abs().sum() > 0 and model.in_proj.weight.grad.abs().sum() > 0
     again = diffusion_lm_loss(model, x0, schedule="vp-sqrt", generator=torch.Generator().manual_seed(3))
     assert again.loss.item() == out.loss.item()  # deterministic for a seed
 

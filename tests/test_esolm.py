@@ -136,7 +136,10 @@ class Counter:
     """Counts the token positions a model runs (the compute of a sampler)."""
 
     def __init__(self, model):
-        self.model, self.blocks, self.positions = model, model.blocks, 0
+        self.model, self.positions = model, 0
+
+    def new_cache(self, batch, max_len):
+        return self.model.new_cache(batch, max_len)
 
     def __call__(self, x, *args, **kw):
         self.positions += x.numel()

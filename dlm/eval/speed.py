@@ -70,14 +70,13 @@ def default_settings(gen_length: int, block_length: int = 32, quick: bool = Fals
 
 
 class CallCounter:
-    """Wraps a model and counts its calls (``blocks`` passes through for the AR sampler's KV cache)."""
+    """Wraps a model and counts its calls (``new_cache`` passes through for the samplers' KV caches)."""
 
     def __init__(self, model):
         self.model, self.calls = model, 0
 
-    @property
-    def blocks(self):
-        return self.model.blocks
+    def new_cache(self, batch: int, max_len: int):
+        return self.model.new_cache(batch, max_len)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1

@@ -1,5 +1,5 @@
 """Diffusion-agnostic backbones."""
 
-from dlm.models.transformer import CanvasCache, KVCache, Transformer
+from dlm.models.transformer import CanvasCache, KVCache, Transformer, call_method, unwrap
 
-__all__ = ["CanvasCache", "KVCache", "Transformer"]
+__all__ = ["CanvasCache", "KVCache", "Transformer", "call_method", "unwrap"]

@@ -1,21 +1,32 @@
 """One transformer backbone for every objective: RoPE, pre-norm, SDPA with boolean masks.
 
-The model knows nothing about diffusion: ``model(x, t=None) -> logits [B, L, V]``. Attention is bidirectional or
-causal (``ModelConfig.causal``, overridable per call) or any boolean mask; ``t`` is used only when the model was
-built with ``time_conditioning`` (adaLN, as in DiT). A ``KVCache`` makes causal decoding incremental; a
-``CanvasCache`` lets a bidirectional model re-run only part of a fixed-length canvas (Fast-dLLM's prefix and dual
-caches).
+The model knows nothing about diffusion. Attention is bidirectional or causal (``ModelConfig.causal``, overridable
+per call) or any boolean mask; ``t`` is used only when the model was built with ``time_conditioning`` (adaLN, as in
+DiT). Its contract, the only way code outside ``dlm/models`` uses it:
 
-Continuous input path: ``model(None, t, inputs_embeds=z)`` takes float vectors z [B, L, E] in the token-embedding
-space instead of ids and returns features of the same shape, the ones the head turns into logits, so that
-``model.head(model(None, t, inputs_embeds=model.embed(x))) == model(x, t)``. E is ``ModelConfig.embed_dim`` when it
-is > 0 (a low-dimensional embedding table, E -> d_model and d_model -> E projections around the blocks, the head
-E -> V), else d_model (no projections). Gaussian diffusion on embeddings (Diffusion-LM) uses this path.
+    model(x, t=None, *, attn_mask=None, causal=None, positions=None, kv_cache=None) -> logits [B, L, V]
+    model.new_cache(batch, max_len) -> KVCache        preallocated keys/values for incremental decoding
+    model.embed(ids [B, L]) -> [B, L, E]               token embeddings
+    model.embedding_weight -> [V, E]                   the embedding table (Diffusion-LM clamps to it)
+    model.forward_embeds(z [B, L, E], t=None, **kw) -> features [B, L, E], the continuous input path
+    model.logits(h [B, L, E]) -> [B, L, V]              the head
+    model.layers() -> list of blocks                   for per-block wrapping (FSDP, checkpointing, twin towers)
+
+with ``model.logits(model.forward_embeds(model.embed(x), t)) == model(x, t)``. E is ``ModelConfig.embed_dim`` when
+it is > 0 (a low-dimensional embedding table, E -> d_model and d_model -> E projections around the blocks, the head
+E -> V), else d_model (no projections). Gaussian diffusion on embeddings (Diffusion-LM) uses the continuous path;
+``call_method(model, "forward_embeds", z, t)`` runs it through DDP / torch.compile wrappers (see there), ``unwrap``
+reaches the model inside them.
+
+Caches: a ``KVCache`` (``new_cache``) makes causal and block-causal decoding incremental, writing into buffers
+allocated once; a ``CanvasCache`` lets a bidirectional model re-run only part of a fixed-length canvas (Fast-dLLM's
+prefix and dual caches). Checkpoints keep the key ``embed.weight`` for the embedding table (module ``tok_embed``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -25,25 +36,68 @@ from dlm.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of past positions, one (k, v) pair per layer, each [B, H, T, Dh]: each call appends."""
+    """Keys and values of past positions for causal and block-causal decoding, preallocated.
 
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
+    ``KVCache(n_layers, max_len, batch=None)``, usually from ``model.new_cache(batch, max_len)``: per layer one key
+    and one value buffer [B, H, max_len, Dh], allocated on the layer's first write (the dtype and device of that
+    call's keys: the autocast dtype when there is one) and never again; ``length`` positions are filled. A call
+    writes its n keys and values into the slots ``length .. length + n - 1`` and attends to views of the filled part
+    and its own (no ``torch.cat`` per token); ``keep`` of them (all by default) stay, the others are scratch that the
+    next call overwrites. Writing past ``max_len`` is an error. For inference: the buffers are written in place.
+    """
+
+    def __init__(self, n_layers: int, max_len: int, batch: int | None = None):
+        if n_layers < 1 or max_len < 1:
+            raise ValueError(f"a KVCache needs n_layers >= 1 and max_len >= 1, got {n_layers} and {max_len}")
+        self.max_len, self.batch = max_len, batch
+        self._keys: list[torch.Tensor | None] = [None] * n_layers  # [B, H, max_len, Dh] each, once written
+        self._values: list[torch.Tensor | None] = [None] * n_layers
+        self._filled = [0] * n_layers
 
     @property
     def length(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+        """Positions stored (in every layer once a call is through)."""
+        return min(self._filled)
 
     offset = length  # position of the call's first token
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v of ``layer`` after the cached ones and return all of them."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+    def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored keys and values of ``layer``, views [B, H, T, Dh] into its buffers (None before any write)."""
+        if self._keys[layer] is None:
+            return None
+        T = self._filled[layer]
+        return self._keys[layer][:, :, :T], self._values[layer][:, :, :T]
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, keep: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's k, v [B, H, n, Dh] of ``layer`` after the stored ones and return views of all of them
+        [B, H, T + n, Dh]; the first ``keep`` (default n; 0 = attend only) stay stored."""
+        B, H, n, Dh = k.shape
+        keep = n if keep is None else keep
+        if not 0 <= keep <= n:
+            raise ValueError(f"keep must be in [0, {n}] (this call's positions), got {keep}")
+        T = self._filled[layer]
+        if T + n > self.max_len:
+            raise ValueError(
+                f"KVCache overflow: {T} positions stored and {n} more do not fit in max_len {self.max_len}; "
+                "make the cache with a larger max_len (model.new_cache(batch, max_len))"
+            )
+        if self._keys[layer] is None:
+            if self.batch is not None and B != self.batch:
+                raise ValueError(f"this KVCache is for a batch of {self.batch} rows, got {B}")
+            self._keys[layer] = k.new_empty(B, H, self.max_len, Dh)
+            self._values[layer] = v.new_empty(B, H, self.max_len, Dh)
+        buf_k, buf_v = self._keys[layer], self._values[layer]
+        if (B, H, Dh) != (buf_k.shape[0], buf_k.shape[1], buf_k.shape[3]) or k.dtype != buf_k.dtype:
+            raise ValueError(
+                f"keys of shape {tuple(k.shape)} ({k.dtype}) do not fit this KVCache's buffers "
+                f"{tuple(buf_k.shape)} ({buf_k.dtype}): one cache per batch, model and dtype"
+            )
+        buf_k[:, :, T : T + n] = k
+        buf_v[:, :, T : T + n] = v
+        self._filled[layer] = T + keep
+        return buf_k[:, :, : T + n], buf_v[:, :, : T + n]
 
 
 class CanvasCache:
@@ -145,8 +199,34 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+_EMBED_KEY, _EMBED_MODULE = "embed.weight", "tok_embed.weight"  # the table's name in checkpoints / in the module
+
+
+def _checkpoint_names(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict() post-hook: the embedding table under its checkpoint name ``embed.weight`` (order kept)."""
+    if prefix + _EMBED_MODULE in state_dict:
+        items = [(prefix + _EMBED_KEY if k == prefix + _EMBED_MODULE else k, v) for k, v in state_dict.items()]
+        state_dict.clear()
+        state_dict.update(items)
+
+
+def _module_names(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors) -> None:
+    """load_state_dict() pre-hook: ``embed.weight`` of a checkpoint into ``tok_embed``."""
+    if prefix + _EMBED_KEY in state_dict:
+        state_dict[prefix + _EMBED_MODULE] = state_dict.pop(prefix + _EMBED_KEY)
+
+
+def _report_checkpoint_names(module, incompatible_keys) -> None:
+    """load_state_dict() post-hook: missing keys under their checkpoint names too."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k[: -len(_EMBED_MODULE)] + _EMBED_KEY if k.endswith(_EMBED_MODULE) else k for k in missing]
+
+
+_ENTRIES = ("forward_embeds",)  # the methods ``call_method`` may run through a wrapper's forward
+
+
 class Transformer(nn.Module):
-    """``model(x, t=None, *, inputs_embeds=None, attn_mask=None, causal=None, positions=None, kv_cache=None)``."""
+    """The backbone; its contract is in the module docstring."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -154,17 +234,21 @@ class Transformer(nn.Module):
             raise ValueError(f"d_model {cfg.d_model} must split into {cfg.n_heads} heads of even size")
         self.config = cfg
         width = cfg.embed_dim or cfg.d_model  # E, the width of the token-embedding space
-        self.embed = nn.Embedding(cfg.vocab_size, width)
+        self.tok_embed = nn.Embedding(cfg.vocab_size, width)  # ``embed.weight`` in state dicts (the hooks below)
         self.in_proj = nn.Linear(width, cfg.d_model) if cfg.embed_dim else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.out_proj = nn.Linear(cfg.d_model, width) if cfg.embed_dim else None
         self.head = nn.Linear(width, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
-            self.head.weight = self.embed.weight
+            self.head.weight = self.tok_embed.weight
         if cfg.time_conditioning:
             self.time_mlp = nn.Sequential(nn.Linear(256, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model))
             self.final_ada = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        # checkpoints keep the key ``embed.weight`` of the table (the name ``embed`` is the method now)
+        self.register_state_dict_post_hook(_checkpoint_names)
+        self.register_load_state_dict_pre_hook(_module_names)
+        self.register_load_state_dict_post_hook(_report_checkpoint_names)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -180,32 +264,50 @@ class Transformer(nn.Module):
         if self.config.time_conditioning:
             nn.init.zeros_(self.final_ada.weight), nn.init.zeros_(self.final_ada.bias)
         if self.config.embed_dim:  # a low-dimensional embedding space of unit scale (Diffusion-LM's N(0, 1) init)
-            nn.init.normal_(self.embed.weight, std=1.0)
+            nn.init.normal_(self.tok_embed.weight, std=1.0)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if exclude_embeddings else n
+        return n - self.tok_embed.weight.numel() if exclude_embeddings else n
 
-    def forward(
+    # --- the contract --------------------------------------------------------------------------------------------
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty ``KVCache`` for ``batch`` rows and up to ``max_len`` positions, one buffer pair per layer."""
+        return KVCache(len(self.blocks), max_len, batch)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> their embeddings [B, L, E]."""
+        return self.tok_embed(ids)
+
+    @property
+    def embedding_weight(self) -> torch.Tensor:
+        """The embedding table [V, E] (a parameter: gradients reach it)."""
+        return self.tok_embed.weight
+
+    def layers(self) -> list[nn.Module]:
+        """The transformer blocks in order, for code that works per block (FSDP wrapping, activation
+        checkpointing, a twin tower); what a block computes is not part of the contract."""
+        return list(self.blocks)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Features [B, L, E] (what ``forward_embeds`` returns) -> logits [B, L, V]: the head."""
+        return self.head(h)
+
+    def forward_embeds(
         self,
-        x: torch.Tensor | None = None,
+        z: torch.Tensor,
         t: torch.Tensor | None = None,
         *,
-        inputs_embeds: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         causal: bool | None = None,
         positions: torch.Tensor | None = None,
         kv_cache: KVCache | CanvasCache | None = None,
     ) -> torch.Tensor:
-        """x: LongTensor [B, L] -> logits [B, L, V]; or x = None and inputs_embeds: float [B, L, E] -> features
-        [B, L, E] (the head's input). t: [B] in [0, 1] (time-conditioned models only); attn_mask: bool, True =
-        attend, [Lq, Lk] or [B, Lq, Lk] (Lk counts cached keys too); positions: RoPE positions [L] or [B, L]
-        (default: counted from the cache's offset)."""
-        if (x is None) == (inputs_embeds is None):
-            raise ValueError("pass either token ids x or inputs_embeds, not both or neither")
-        h = self.embed(x) if inputs_embeds is None else inputs_embeds  # (B, L, E)
-        B, L = h.shape[:2]
-        device = h.device
+        """Vectors z [B, L, E] in the token-embedding space -> features [B, L, E], the head's input; the keyword
+        arguments are ``forward``'s."""
+        B, L = z.shape[:2]
+        device = z.device
         causal = self.config.causal if causal is None else causal
         if causal and isinstance(kv_cache, CanvasCache):
             raise ValueError("a CanvasCache is for bidirectional attention; causal decoding uses a KVCache")
@@ -231,14 +333,63 @@ class Transformer(nn.Module):
                 raise ValueError("this model is time-conditioned: pass t, a [B] tensor of times in [0, 1]")
             cond = self.time_mlp(timestep_embedding(t.expand(B) if t.dim() == 0 else t, 256))  # (B, D)
 
-        if self.in_proj is not None:
-            h = self.in_proj(h)  # (B, L, D)
+        h = z if self.in_proj is None else self.in_proj(z)  # (B, L, D)
         for i, block in enumerate(self.blocks):
             h = block(h, cond, cos, sin, mask, is_causal, kv_cache, i)
         h = self.norm(h)
         if cond is not None:
             shift, scale = self.final_ada(F.silu(cond))[:, None].chunk(2, dim=-1)
             h = h * (1 + scale) + shift
-        if self.out_proj is not None:
-            h = self.out_proj(h)  # (B, L, E)
-        return h if inputs_embeds is not None else self.head(h)  # (B, L, E) or (B, L, V)
+        return h if self.out_proj is None else self.out_proj(h)  # (B, L, E)
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        causal: bool | None = None,
+        positions: torch.Tensor | None = None,
+        kv_cache: KVCache | CanvasCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        _entry: str | None = None,
+    ) -> torch.Tensor:
+        """x: LongTensor [B, L] -> logits [B, L, V]. t: [B] in [0, 1] (time-conditioned models only); attn_mask:
+        bool, True = attend, [Lq, Lk] or [B, Lq, Lk] (Lk counts cached keys too); positions: RoPE positions [L] or
+        [B, L] (default: counted from the cache's offset). ``inputs_embeds`` is a deprecated alias of
+        ``forward_embeds``; ``_entry`` is for ``call_method`` only."""
+        kw = dict(attn_mask=attn_mask, causal=causal, positions=positions, kv_cache=kv_cache)
+        if _entry is not None:  # call_method: a contract method run inside a wrapper's (DDP's, compile's) forward
+            if _entry not in _ENTRIES:
+                raise ValueError(f"call_method runs one of {', '.join(_ENTRIES)}, not {_entry!r}")
+            return getattr(self, _entry)(x, t, **kw)
+        if inputs_embeds is not None or x is None:
+            if (x is None) == (inputs_embeds is None):
+                raise ValueError("pass either token ids x or inputs_embeds, not both or neither")
+            warnings.warn("model(None, t, inputs_embeds=z) is deprecated: call model.forward_embeds(z, t), which "
+                          "returns the same features", DeprecationWarning, stacklevel=2)
+            return self.forward_embeds(inputs_embeds, t, **kw)
+        return self.logits(self.forward_embeds(self.embed(x), t, **kw))  # (B, L, V)
+
+
+def unwrap(model):
+    """The model inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers; ``model`` if none."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def call_method(model, name: str, *args, **kwargs):
+    """``unwrap(model).<name>(*args, **kwargs)`` for ``name`` = ``forward_embeds``, through the wrappers.
+
+    A wrapped model is called as ``model(*args, _entry=name, **kwargs)``, so the method runs inside the wrappers'
+    forward: torch.compile compiles it, and DDP arms its gradient all-reduce for the backward that follows (DDP
+    only reduces after a forward of its own; a direct call of ``model.module.forward_embeds`` would leave every
+    gradient of that step unsynchronised across processes). An unwrapped model is called directly, so any object
+    with the method (a test double) works.
+    """
+    if unwrap(model) is model:
+        return getattr(model, name)(*args, **kwargs)
+    return model(*args, _entry=name, **kwargs)

@@ -2,10 +2,10 @@
 
 Notation: w [B, L] the tokens; e = E[w] [B, L, E] their embeddings in the model's learned table (E =
 ``model.embed_dim``, 16 unless set); z_t = alpha_t e + sigma_t eps on a Gaussian schedule (``vp-sqrt``, the paper's,
-by default); x0_hat(z_t, t) = model(None, t, inputs_embeds=z_t) [B, L, E], the backbone's continuous path. The
+by default); x0_hat(z_t, t) = model.forward_embeds(z_t, t) [B, L, E], the backbone's continuous path. The
 rounding decoder reads the first latent z_{t_min}, i.e. the paper's x_0 = e + (sigma/alpha)_{t_min} noise:
 
-    p(w | z_{t_min}) = prod_l softmax(head(z_{t_min}^l / alpha_{t_min}))[w^l]      (head = E^T with tied embeddings)
+    p(w | z_{t_min}) = prod_l softmax(logits(z_{t_min}^l / alpha_{t_min}))[w^l]    (the head; E^T when tied)
 
 Training loss, per token: the paper's end-to-end L_simple (sec. 4.1) with its x_T term, as in its code:
 
@@ -17,6 +17,14 @@ Gradients reach the embeddings through all three terms. The MSE alone would coll
 point (x0 is then trivial to predict); the rounding term, whose noise has the fixed scale (sigma/alpha)_{t_min}
 = 0.1, pushes the embeddings of different words apart; the MSE at high noise and the prior term keep
 their norms from growing without bound (the prior term alone is tiny: alpha_1 = 1e-4).
+
+The model is used through its contract only: ``embed``, ``forward_embeds``, ``logits``. Under DDP (and
+torch.compile) the objective gets the wrapped model. x0_hat runs through the wrapper (``call_method``): that call is
+DDP's forward of the step, which arms its gradient all-reduce for the backward. The embeddings e and the rounding
+logits use the model inside (``unwrap``): their gradients land in the same parameters (the table, the head) during
+the same backward, so the armed reducer all-reduces them with the others; every parameter gets a gradient each
+step, as DDP without ``find_unused_parameters`` expects. (Calling ``forward_embeds`` on the inner model as well
+would run no DDP forward at all, and no gradient would be synchronised.)
 
 NELBO (``dlm eval``), an upper bound on -log p(w) in nats per sequence: VDM's continuous-time bound (Kingma et al.
 2021) with the data e = E[w] and this decoder,
@@ -40,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DlmError
+from dlm.models.transformer import call_method, unwrap
 from dlm.noise.gaussian import (
     GAUSSIAN_SCHEDULES,
     GaussianSchedule,
@@ -53,19 +62,10 @@ from dlm.objectives.base import LossOutput
 DEFAULT_EMBED_DIM = 16  # the paper's embedding width on E2E (it used 128 on ROCStories)
 
 
-def backbone(model):
-    """The ``Transformer`` inside DDP / ``torch.compile`` wrappers: its ``embed`` table and ``head``."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
-
-
-def rounding_nll(head, e: torch.Tensor, w: torch.Tensor, noise_ratio: float, generator) -> torch.Tensor:
-    """-log p(w | z_{t_min}) per token [B, L]: head(e + (sigma/alpha)_{t_min} eps), cross-entropy in float32."""
+def rounding_nll(net, e: torch.Tensor, w: torch.Tensor, noise_ratio: float, generator) -> torch.Tensor:
+    """-log p(w | z_{t_min}) per token [B, L]: net.logits(e + (sigma/alpha)_{t_min} eps), cross-entropy in float32."""
     x0 = e + noise_ratio * torch.randn(e.shape, generator=generator, dtype=e.dtype, device=e.device)  # (B, L, E)
-    logits = head(x0).float()  # (B, L, V)
+    logits = net.logits(x0).float()  # (B, L, V)
     return F.cross_entropy(logits.flatten(0, 1), w.flatten(), reduction="none").view(w.shape)
 
 
@@ -89,17 +89,17 @@ def diffusion_lm_loss(
     """L_simple + rounding + prior (module docstring) for tokens x0 [B, L]; metrics mse, rounding, prior."""
     schedule = get_gaussian_schedule(schedule)
     t_min = first_latent_time(schedule) if t_min is None else t_min
-    net = backbone(model)
+    net = unwrap(model)  # the side paths (module docstring: DDP)
     noise_ratio, alpha_1, _ = _ends(schedule, t_min)
     # 1. embed the tokens: the clean data of the diffusion
     e = net.embed(x0)  # (B, L, E)
     # 2. sample t, noise the embeddings, predict x0 (the continuous path)
     t = sample_times(x0.shape[0], generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device)  # (B,)
     z_t, _ = add_noise(e, t.to(e.dtype), schedule, generator)  # (B, L, E)
-    x0_hat = model(None, t, inputs_embeds=z_t)  # (B, L, E)
+    x0_hat = call_method(model, "forward_embeds", z_t, t)  # (B, L, E), through DDP's forward
     mse = (x0_hat.float() - e.float()).pow(2).mean()
     # 3. rounding: the decoder p(w | z_{t_min}) on a fresh draw of the first latent
-    rounding = rounding_nll(net.head, e, x0, noise_ratio, generator).mean()
+    rounding = rounding_nll(net, e, x0, noise_ratio, generator).mean()
     # 4. prior: the mean alpha_1 e of x_T towards 0
     prior = (alpha_1 * e.float()).pow(2).mean()
     return LossOutput(
@@ -124,7 +124,7 @@ def diffusion_lm_nelbo(
         raise DlmError(f"num_samples must be at least 1, got {num_samples}")
     schedule = get_gaussian_schedule(schedule)
     t_min = first_latent_time(schedule) if t_min is None else t_min
-    net = backbone(model)
+    net = unwrap(model)
     noise_ratio, alpha_1, sigma_1 = _ends(schedule, t_min)
     B = x0.shape[0]
     e = net.embed(x0).float()  # (B, L, E)
@@ -137,10 +137,11 @@ def diffusion_lm_nelbo(
     for s in range(num_samples):
         t = t_all[s]  # (B,)
         # reconstruction: -log p(w | z_{t_min}), summed over positions
-        total += rounding_nll(net.head, e, x0, noise_ratio, generator).sum(-1).double()
+        total += rounding_nll(net, e, x0, noise_ratio, generator).sum(-1).double()
         # diffusion: -SNR'(t) / 2 * the summed squared x0 error, times the length of [t_min, 1]
         z_t, _ = add_noise(e, t.float(), schedule, generator)  # (B, L, E)
-        sq_err = (model(None, t.float(), inputs_embeds=z_t).float() - e).pow(2).sum((1, 2)).double()  # (B,)
+        x0_hat = call_method(model, "forward_embeds", z_t, t.float())  # (B, L, E)
+        sq_err = (x0_hat.float() - e).pow(2).sum((1, 2)).double()  # (B,)
         dsnr = 2.0 * schedule.snr(t) * (schedule.f(t) - schedule.dsigma(t) / schedule.sigma(t))  # d SNR / dt
         total += (1.0 - t_min) * (-0.5 * dsnr) * sq_err
     return prior.double() + total / num_samples
