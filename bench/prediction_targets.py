@@ -44,7 +44,8 @@ from common import DOCS, machine, machine_line, write_results  # noqa: E402
 from time_mlp import build_mlp  # noqa: E402
 from toy_mixture import Ring, mixture_x0, random_embedding, sliced_wasserstein  # noqa: E402
 
-from dlm.objectives.gaussian import gaussian_loss, predict_x0_eps  # noqa: E402
+from dlm.noise.gaussian import predict_x0_eps  # noqa: E402
+from dlm.objectives.gaussian import gaussian_loss  # noqa: E402
 from dlm.samplers.ode import dpm_solver_2m_sample, time_grid  # noqa: E402
 
 TARGETS = ["x0", "eps", "v"]

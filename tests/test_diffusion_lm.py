@@ -13,7 +13,8 @@ from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
 from dlm.noise.gaussian import get_gaussian_schedule
 from dlm.objectives import OBJECTIVES
-from dlm.objectives.embedding import diffusion_lm_loss, diffusion_lm_nelbo, first_latent_time
+from dlm.noise.gaussian import first_latent_time
+from dlm.objectives.embedding import diffusion_lm_loss, diffusion_lm_nelbo
 from dlm.presets import preset_config
 from dlm.samplers import SAMPLERS
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens

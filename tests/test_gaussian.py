@@ -10,7 +10,8 @@ import torch
 from dlm.errors import DlmError
 from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
 from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
-from dlm.objectives.gaussian import TARGETS, WEIGHTINGS, convert, gaussian_loss, target_coefficients, x0_loss_factor
+from dlm.noise.gaussian import TARGETS, convert, target_coefficients
+from dlm.objectives.gaussian import WEIGHTINGS, gaussian_loss, x0_loss_factor
 from dlm.samplers.ode import ODE_SAMPLERS, ddpm_sample, euler_sample, flow_euler_sample, guided, time_grid
 
 SCHEDULES = ["vp-linear", "vp-cosine", "rectified-flow", "vp-sqrt"]
