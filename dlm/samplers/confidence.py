@@ -219,12 +219,29 @@ def confidence_sample(model, batch: SampleBatch, config: ConfidenceConfig, gener
 
 def confidence_generate(model, prompt: torch.Tensor, *, mask_id: int, gen_length: int, steps: int | None = None,
                         block_length: int | None = None, temperature: float = 0.0, remasking: str = "low_confidence",
-                        cfg_scale: float = 0.0, generator=None) -> torch.Tensor:
-    """LLaDA's ``generate``: prompt [B, Lp] -> tokens [B, Lp + gen_length] (``dlm.generate``, public API).
+                        cfg_scale: float = 0.0, threshold: float | None = None, top_k: int = 0, top_p: float = 1.0,
+                        cache: str = "none", refresh_every: int | None = None, prompt_mask=None,
+                        eos_id: int | None = None, schedule=None, generator=None,
+                        history: list | None = None) -> torch.Tensor:
+    """LLaDA's ``generate``: prompt [B, Lp] -> tokens [B, Lp + gen_length] (``dlm.generate``, the public API; the
+    sampler is ``confidence_sample`` under ``run_sampler``).
 
     ``steps`` (default: gen_length) must be a multiple of gen_length / block_length (default block: the whole
-    generation); ``cfg_scale`` s >= 0 guides with cond + s (cond - uncond), s = 0 being the conditional model."""
-    batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id)
+    generation); with ``threshold`` it is the cap. ``cfg_scale`` s >= 0 guides with cond + s (cond - uncond).
+    ``prompt_mask`` [B, Lp] marks the real tokens of left-padded prompts; ``eos_id`` ends each row at its first
+    ``<|endoftext|>`` (what follows is returned as ``<|endoftext|>``); ``schedule`` (a name) for time-conditioned
+    models; ``generator``: one, or one per row; ``history`` (a list) receives the canvas [B, L] after every step."""
+    batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id, prompt_mask=prompt_mask, eos_id=eos_id)
+    name = None if schedule is None else getattr(schedule, "name", schedule)
     config = ConfidenceConfig(steps=steps, block_length=block_length, temperature=temperature, remasking=remasking,
-                              cfg_scale=cfg_scale)
-    return confidence_sample(model, batch, config, generator).tokens
+                              cfg_scale=cfg_scale, threshold=threshold, top_k=top_k, top_p=top_p, cache=cache,
+                              refresh_every=refresh_every, schedule=name or "loglinear",
+                              time_conditioned=schedule is not None)
+    from dlm.samplers import SAMPLERS
+    from dlm.samplers.base import run_sampler
+
+    out = run_sampler(SAMPLERS.get("confidence"), model, batch, config, generator, stop_at_eos=eos_id is not None,
+                      history=history is not None)
+    if history is not None:
+        history.extend(torch.stack(states) for states in zip(*out.history))
+    return out.tokens
