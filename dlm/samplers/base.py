@@ -193,8 +193,8 @@ class SamplerConfig:
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise DlmError(f"{name} must be a positive integer, got {v}")
         tau = get("threshold")
-        if tau is not None and not 0.0 < tau <= 1.0:
-            raise DlmError(f"threshold must be in (0, 1], got {tau}")
+        if tau is not None and not 0.0 <= tau <= 1.0:
+            raise DlmError(f"threshold must be in [0, 1] (a probability; 0 commits a whole block per step), got {tau}")
         s = get("cfg_scale")
         if s is not None and not (math.isfinite(s) and s >= 0):
             raise DlmError(f"cfg_scale must be a finite number >= 0 (0: no guidance), got {s}")
