@@ -42,10 +42,12 @@ def model_options(run_config, tokenizer) -> dict:
     run config's objective settings (time conditioning, SEDD graph, vocabulary, BD3-LM block size, Eso-LM alpha0
     and variant); each sampler takes those it needs."""
     cfg = run_config
+    options = cfg.objective_config()  # the objective's options; the defaults below where it has none of them
     return dict(
         mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-        time_conditioned=cfg.model.time_conditioning, graph=cfg.train.graph, vocab_size=cfg.model.vocab_size,
-        block_size=cfg.train.block_size, alpha0=cfg.train.alpha0, variant=cfg.train.variant,
+        time_conditioned=cfg.model.time_conditioning, graph=getattr(options, "graph", "absorb"),
+        vocab_size=cfg.model.vocab_size, block_size=getattr(options, "block_size", 16),
+        alpha0=getattr(options, "alpha0", 1.0), variant=getattr(options, "variant", "B"),
     )
 
 

@@ -112,9 +112,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
         cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
         tc = cfg.train
-    objective = OBJECTIVES.get(tc.objective)
-    if objective.configure is not None:
-        objective.configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, an embedding width
+    OBJECTIVES.get(tc.objective).configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, ...
     precision = resolve_precision(tc.precision, info.device)
     autocast = autocast_for(precision, info.device)
     torch.manual_seed(tc.seed)
@@ -123,6 +121,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     tokenizer = load_tokenizer(saved / "tokenizer.json") if saved else None
     tokenizer, train_set, val_set = load_packed(cfg.data, tokenizer)
     cfg.model.vocab_size = tokenizer.vocab_size
+    objective = OBJECTIVES.build(cfg, tokenizer)  # its options from cfg.objective, the special ids from tokenizer
     cfg.model.causal = objective.causal
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
     loader = SequenceLoader(train_set, seed=tc.seed)
@@ -177,9 +176,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     def validate() -> float:
         """Validation bound / NLL on the first eval_sequences sequences, logged to metrics.jsonl."""
         val = evaluate(
-            ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule,
-            num_samples=1, seed=tc.seed, max_sequences=tc.eval_sequences, batch_size=tc.batch_size,
-            dist_info=info, autocast=autocast, options=objective.kwargs_from(cfg),
+            ema if ema is not None else model, objective, val_set, tokenizer, num_samples=1, seed=tc.seed,
+            max_sequences=tc.eval_sequences, batch_size=tc.batch_size, dist_info=info, autocast=autocast,
         )["nats_per_token"]
         log.write({"step": step, "val_nats_per_token": val})
         return val
@@ -201,15 +199,12 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         for micro in range(tc.grad_accum):
             # 1. data: this process's share of the global micro-batch
             x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
-            # 2-4. noise process, model, objective (inside the objective function)
+            # 2-4. noise process, model, objective (inside the objective)
             generator.manual_seed(step_seed(tc.seed, step, micro, info.rank))
             sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
             with sync:
                 with autocast():
-                    out = objective.loss(
-                        forward, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=tc.schedule,
-                        generator=generator, antithetic=tc.antithetic, **objective.kwargs_from(cfg),
-                    )
+                    out = objective.loss(forward, x0, generator)
                 (out.loss / tc.grad_accum).backward()
             step_loss += out.loss.item() / tc.grad_accum
         # 5. optimiser step
@@ -234,7 +229,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             }
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
-            record.update(out.metrics)
+            record.update({name: float(value) for name, value in out.metrics.items()})
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
