@@ -71,7 +71,7 @@ class TrainConfig:
     eval_every: int = 0  # validation every N steps (0 = only at the end)
     eval_sequences: int = 64  # validation sequences per periodic evaluation
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
-    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time (DDP: at a log step); 0 = no limit
 
 
 FORMAT_VERSION = 2  # of config.json; 1 (no format_version): the objective's options were fields of train

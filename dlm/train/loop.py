@@ -6,6 +6,10 @@
 One step = ``grad_accum`` micro-batches of ``batch_size`` sequences per process. The noise generator is reseeded
 from (seed, step, micro-batch, rank) at every micro-batch and the data order is a function of (seed, epoch), so a
 run resumed from a checkpoint reproduces the uninterrupted run bit for bit (on the same machine and settings).
+
+A step never waits for the device: the losses, metrics and grad norm stay tensors until a log step
+(``train.log_every``) turns them into floats, and under DDP the ranks agree on the time limit only there (one
+all-reduce per log step), so a run that hits ``--time-limit`` stops at the next log step, on every rank together.
 """
 
 from __future__ import annotations
@@ -187,7 +191,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                desc="train", unit="step")
     generator = torch.Generator(device=info.device)
     tokens_per_step = tc.batch_size * tc.grad_accum * info.world_size * cfg.data.seq_len
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    # the losses stay on the device until a log step: no host sync per step
+    window_loss, window_steps, window_start = torch.zeros((), device=info.device), 0, time.perf_counter()
     record: dict = {}
     model.train()
     while step < end:
@@ -195,7 +200,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         lr = lr_at(step, tc)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=info.device)
         for micro in range(tc.grad_accum):
             # 1. data: this process's share of the global micro-batch
             x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
@@ -206,7 +211,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                 with autocast():
                     out = objective.loss(forward, x0, generator)
                 (out.loss / tc.grad_accum).backward()
-            step_loss += out.loss.item() / tc.grad_accum
+            step_loss += out.loss.detach() / tc.grad_accum
         # 5. optimiser step
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
         optimizer.step()
@@ -220,10 +225,12 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         elapsed += time.perf_counter() - t0
         window_loss, window_steps = window_loss + step_loss, window_steps + 1
 
-        if step % tc.log_every == 0 or step == end:
+        logged = step % tc.log_every == 0 or step == end
+        if logged:  # the one host sync of the window: the loss, the grad norm and the metrics become floats
+            loss = window_loss.item() / window_steps  # waits for the device, so the window's time is all in
             window_time = time.perf_counter() - window_start
             record = {
-                "step": step, "loss": window_loss / window_steps, "lr": lr,
+                "step": step, "loss": loss, "lr": lr,
                 "tokens_per_sec": window_steps * tokens_per_step / window_time, "tokens_seen": tokens_seen,
                 "elapsed_seconds": round(elapsed, 3),
             }
@@ -232,12 +239,14 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             record.update({name: float(value) for name, value in out.metrics.items()})
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            window_loss, window_steps, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
         bar.update(1)
-        out_of_time = tc.time_limit_minutes > 0 and elapsed > 60 * tc.time_limit_minutes
-        if info.enabled:  # every rank must stop at the same step, or their collectives would not match
-            flag = torch.tensor(float(out_of_time), device=info.device)
-            out_of_time = bool(all_reduce_max(flag, info).item())
+        out_of_time = False
+        if tc.time_limit_minutes > 0 and (logged or not info.enabled):
+            out_of_time = elapsed > 60 * tc.time_limit_minutes
+            if info.enabled:  # every rank must stop at the same step: they agree at log steps, not every step
+                flag = torch.tensor(float(out_of_time), device=info.device)
+                out_of_time = bool(all_reduce_max(flag, info).item())
         if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
             val = validate()
             if info.is_main:
