@@ -27,7 +27,7 @@ from common import machine, machine_line, write_results  # noqa: E402
 
 from dlm.data.packing import load_packed  # noqa: E402
 from dlm.models.transformer import Transformer  # noqa: E402
-from dlm.objectives import mdlm_loss  # noqa: E402
+from dlm.objectives import OBJECTIVES  # noqa: E402
 from dlm.presets import preset_config  # noqa: E402
 from dlm.train.loop import train  # noqa: E402
 from dlm.train.optim import build_optimizer  # noqa: E402
@@ -51,6 +51,7 @@ def bare_tokens_per_sec(preset: str, steps: int, compile: bool, precision: str) 
     model = Transformer(cfg.model)
     forward = torch.compile(model) if compile else model
     optimizer = build_optimizer(model, cfg.train)
+    objective = OBJECTIVES.build(cfg, tokenizer)  # mdlm, as the trainer builds it
     batches = [train_set.batch(range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size)) for i in range(2 * steps)]
     generator = torch.Generator().manual_seed(0)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
@@ -58,7 +59,7 @@ def bare_tokens_per_sec(preset: str, steps: int, compile: bool, precision: str) 
         if i == steps:
             start = time.perf_counter()
         with autocast():
-            loss = mdlm_loss(forward, x0, mask_id=tokenizer.mask_id, generator=generator).loss
+            loss = objective.loss(forward, x0, generator).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)  # the same update as the trainer
         optimizer.step()

@@ -36,7 +36,9 @@ def train(
     block_size: Optional[int] = typer.Option(
         None, "--block-size", help="bd3lm: tokens per block, a divisor of the sequence length (default 16)."
     ),
-    graph: str = typer.Option("absorb", help="sedd only: the noise graph, absorb (masking) or uniform."),
+    graph: Optional[str] = typer.Option(
+        None, help="sedd only: the noise graph, absorb (masking; default) or uniform."
+    ),
     alpha0: Optional[float] = typer.Option(
         None, "--alpha0", help="esolm: expected fraction of tokens made by diffusion, in [0, 1] (1 = masked "
         "diffusion, 0 = autoregressive; default 1)."
@@ -63,7 +65,8 @@ def train(
     eval_every: int = typer.Option(0, help="Validate every N steps (0: only at the end)."),
     save_every: int = typer.Option(0, help="Checkpoint every N steps (0: only at the end)."),
     set_: Optional[List[str]] = typer.Option(
-        None, "--set", help="Override any config field: --set model.d_model=256 --set train.ema=0.999."
+        None, "--set", help="Override any config field: --set model.d_model=256 --set train.ema=0.999; the "
+        "objective's options: --set objective.block_size=8 (--graph, --block-size, --alpha0, --variant: shorthands)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -76,7 +79,6 @@ def train(
     cfg = preset_config(preset)
     schedule = schedule or OBJECTIVES.get(objective).default_schedule
     cfg.train.objective, cfg.train.max_steps, cfg.train.seed = objective, max_steps, seed
-    cfg.train.graph = graph
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
     cfg.data.name, cfg.data.tokenizer = data, tokenizer
@@ -84,18 +86,31 @@ def train(
         cfg.train.batch_size = batch_size
     if lr is not None:
         cfg.train.lr = lr
-    if block_size is not None:
-        cfg.train.block_size = block_size
-    if (alpha0 is not None or variant is not None) and objective != "esolm":
-        raise DlmError(f"--alpha0 and --variant apply to --objective esolm only (got {objective})")
-    if alpha0 is not None:
-        cfg.train.alpha0 = alpha0
-    if variant is not None:
-        cfg.train.variant = variant
+    _set_objective_options(cfg, graph=graph, block_size=block_size, alpha0=alpha0, variant=variant)
     apply_overrides(cfg, set_ or [])
     if max_steps <= 0:
         raise DlmError("--max-steps must be positive")
     run_training(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
+
+
+def _set_objective_options(cfg, **shorthands) -> None:
+    """``--graph`` etc.: shorthands for ``--set objective.graph=...``; given to an objective that does not take
+    them, a one-line error that names the objectives that do."""
+    from dataclasses import fields
+
+    from dlm.objectives import OBJECTIVES
+
+    def takes(name: str, key: str) -> bool:
+        return key in {f.name for f in fields(OBJECTIVES.get(name).Config)}
+
+    for key, value in shorthands.items():
+        if value is None:
+            continue
+        if not takes(cfg.train.objective, key):
+            owners = " or ".join(n for n in OBJECTIVES if takes(n, key))
+            raise DlmError(f"--{key.replace('_', '-')} {value} applies to --objective {owners} only "
+                           f"(got {cfg.train.objective})")
+        cfg.objective[key] = value
 
 
 @app.command("eval")
@@ -116,13 +131,10 @@ def eval_(
     if num_samples <= 0 or batch_size <= 0 or (max_sequences is not None and max_sequences <= 0):
         raise DlmError("--num-samples, --batch-size and --max-sequences must be positive")
     model, tokenizer, cfg = dlm.load(run_dir)
-    objective = OBJECTIVES.get(cfg.train.objective)
+    objective = OBJECTIVES.build(cfg, tokenizer)
     _, _, val = load_packed(cfg.data, tokenizer)
-    report = evaluate(
-        model, objective, val, tokenizer, schedule=cfg.train.schedule,
-        num_samples=num_samples, seed=seed, max_sequences=max_sequences, batch_size=batch_size,
-        options=objective.kwargs_from(cfg),
-    )
+    report = evaluate(model, objective, val, tokenizer, num_samples=num_samples, seed=seed,
+                      max_sequences=max_sequences, batch_size=batch_size)
     if json_:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -267,8 +279,7 @@ def demo(
     model, tokenizer, cfg = dlm.load(out)
     typer.echo("== 2/3 evaluating on Persuasion (the held-out novel), first 64 sequences, 2 draws each")
     _, _, val = load_packed(cfg.data, tokenizer)
-    report = evaluate(model, OBJECTIVES.get("mdlm"), val, tokenizer, schedule=cfg.train.schedule, num_samples=2,
-                      max_sequences=64)
+    report = evaluate(model, OBJECTIVES.build(cfg, tokenizer), val, tokenizer, num_samples=2, max_sequences=64)
     typer.echo(f"   perplexity <= {report['ppl']:.1f}, bits per byte <= {report['bits_per_byte']:.3f} "
                f"({report['tokens']} tokens; an upper bound; `dlm eval {out}` evaluates the whole split)")
     typer.echo("== 3/3 sampling with MDLM's ancestral sampler: 48 tokens, 48 steps, temperature 1")

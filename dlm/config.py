@@ -2,6 +2,13 @@
 
 Every run saves its ``RunConfig`` as ``config.json`` beside the weights. Loading rejects unknown keys, and
 ``--set section.key=value`` overrides from the command line go through the same strict path.
+
+The objective's options live in the section ``objective``: a mapping of the options given (``--set
+objective.alpha0=0.5``), any subset of the fields of the chosen objective's ``Config`` dataclass
+(``OBJECTIVES.get(train.objective).Config``); ``RunConfig.objective_config()`` resolves it into that dataclass
+(validated there, and an option the objective does not take is an error), and ``config.json`` holds every field.
+``config.json`` carries ``format_version`` (``FORMAT_VERSION``); one without it (format 1, the options in
+``train``) is migrated on load.
 """
 
 from __future__ import annotations
@@ -42,9 +49,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = "mdlm"  # see dlm.objectives.OBJECTIVES
+    objective: str = "mdlm"  # see dlm.objectives.OBJECTIVES; its options: RunConfig.objective
     schedule: str = "loglinear"  # alpha(t), see dlm.noise.SCHEDULES (diffusion objectives only)
-    graph: str = "absorb"  # sedd only: absorb or uniform, see dlm.objectives.GRAPHS
     max_steps: int = 1000
     batch_size: int = 16  # sequences per device per micro-step
     grad_accum: int = 1
@@ -65,12 +71,26 @@ class TrainConfig:
     eval_every: int = 0  # validation every N steps (0 = only at the end)
     eval_sequences: int = 64  # validation sequences per periodic evaluation
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
-    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
-    block_size: int = 16  # bd3lm: tokens per block (must divide data.seq_len)
-    clip_beta: float = 0.3  # bd3lm: training draws each block's t from U[clip_beta, clip_omega] (eval: U[eps, 1])
-    clip_omega: float = 0.8
-    alpha0: float = 1.0  # esolm: expected fraction of tokens made by diffusion (1 = masked diffusion, 0 = AR)
-    variant: str = "B"  # esolm: attention variant, A (clean tokens attend both ways) or B (causal, KV-cacheable)
+    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time (DDP: at a log step); 0 = no limit
+
+
+FORMAT_VERSION = 2  # of config.json; 1 (no format_version): the objective's options were fields of train
+_V1_OPTIONS = ("graph", "block_size", "clip_beta", "clip_omega", "alpha0", "variant")  # train.* in format 1
+
+
+def _objective_class(name: str):
+    from dlm.objectives import OBJECTIVES  # objectives never import the config: no cycle at call time
+
+    return OBJECTIVES.get(name)
+
+
+def _option_fields(name: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(_objective_class(name).Config)}
+
+
+def _not_an_option(key: str, name: str) -> DlmError:
+    valid = ", ".join(_option_fields(name)) or "none"
+    return DlmError(f"objective.{key} is not an option of the {name} objective; its options: {valid}")
 
 
 @dataclass
@@ -79,16 +99,52 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: dict[str, Any] = field(default_factory=dict)  # options of train.objective (module docstring)
+
+    def objective_config(self):
+        """The options of ``train.objective`` as its ``Config`` dataclass (defaults for those not given);
+        one-line errors for an option it does not take, a value of the wrong type or out of range."""
+        config_cls = _objective_class(self.train.objective).Config
+        fields, hints = _option_fields(self.train.objective), get_type_hints(config_cls)
+        options = {}
+        for key, value in self.objective.items():
+            if key not in fields:
+                raise _not_an_option(key, self.train.objective)
+            expected = hints[key]
+            if not (expected is bool if isinstance(value, bool) else
+                    isinstance(value, (int, float) if expected is float else expected)):
+                raise DlmError(f"objective.{key} must be a {expected.__name__}, got {value!r}")
+            options[key] = float(value) if expected is float else value
+        return config_cls(**options)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, the objective's options included (defaults filled in), and ``format_version``."""
+        d = dataclasses.asdict(self)
+        try:
+            d["objective"] = {k: f.default for k, f in _option_fields(self.train.objective).items()} | d["objective"]
+        except DlmError:  # an unknown objective name: kept as given, validate() names the valid ones
+            pass
+        return {"format_version": FORMAT_VERSION, **d}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return _build(cls, d, "")
+        """The config of a ``to_dict`` mapping (config.json); a format-1 mapping is migrated first."""
+        if not isinstance(d, dict):
+            raise DlmError(f"a run config must be a mapping, got {type(d).__name__}")
+        d = dict(d)
+        version = d.pop("format_version", 1)
+        if version == 1:
+            d = _migrate_v1(d)
+        elif version != FORMAT_VERSION:
+            raise DlmError(f"config.json has format_version {version!r}; this dlm reads 1 and {FORMAT_VERSION}")
+        if not isinstance(d.get("objective", {}), dict):
+            raise DlmError(f"config section 'objective' must be a mapping, got {type(d['objective']).__name__}")
+        cfg = _build(cls, d, "")
+        cfg.objective_config()  # strict: options the objective takes, of their types, in range
+        return cfg
 
     def validate(self) -> "RunConfig":
         """Reject values that cannot train, with a one-line DlmError naming the field."""
@@ -111,13 +167,26 @@ class RunConfig:
             raise DlmError(f"train.ema must be in [0, 1) (0 = off), got {self.train.ema}")
         if self.train.objective == "ar" and m.time_conditioning:
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
-        if self.train.graph != "absorb" and self.train.objective != "sedd":
-            raise DlmError(f"--graph {self.train.graph} applies to --objective sedd only (got {self.train.objective})")
-        if (self.train.alpha0 != 1.0 or self.train.variant != "B") and self.train.objective != "esolm":
-            raise DlmError(f"--alpha0 and --variant apply to --objective esolm only (got {self.train.objective})")
+        self.objective_config()  # the objective's options, validated by its Config
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self
+
+
+def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 -> 2: train.graph/block_size/clip_beta/clip_omega/alpha0/variant move to the objective section,
+    those the objective takes; the others (defaults: format 1 rejected non-defaults for other objectives) go."""
+    if "objective" in d:
+        raise DlmError("config.json has an objective section but no format_version; add \"format_version\": 2")
+    train = dict(d.get("train", {})) if isinstance(d.get("train"), dict) else d.get("train")
+    if not isinstance(train, dict):
+        return d
+    options = {key: train.pop(key) for key in _V1_OPTIONS if key in train}
+    try:
+        takes = _option_fields(train.get("objective", TrainConfig.objective))
+    except DlmError:
+        takes = {}
+    return {**d, "train": train, "objective": {k: v for k, v in options.items() if k in takes}}
 
 
 def _build(cls, d: dict[str, Any], prefix: str):
@@ -158,14 +227,25 @@ def _parse_value(text: str, current: Any) -> Any:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides, e.g. ``model.d_model=256``; unknown keys are errors."""
+    """Apply ``section.key=value`` overrides, e.g. ``model.d_model=256`` or ``objective.alpha0=0.5`` (an option of
+    the objective named by ``train.objective`` at that point); unknown keys are errors."""
     for item in overrides:
         if "=" not in item:
             raise DlmError(f"override {item!r} must look like section.key=value, e.g. model.d_model=256")
         path, text = item.split("=", 1)
         parts = path.strip().split(".")
-        if len(parts) != 2 or parts[0] not in ("data", "model", "train"):
-            raise DlmError(f"override key {path!r} must be data.KEY, model.KEY or train.KEY")
+        if len(parts) != 2 or parts[0] not in ("data", "model", "train", "objective"):
+            raise DlmError(f"override key {path!r} must be data.KEY, model.KEY, train.KEY or objective.KEY")
+        if parts[0] == "objective":
+            fields = _option_fields(cfg.train.objective)
+            if parts[1] not in fields:
+                raise _not_an_option(parts[1], cfg.train.objective)
+            current = cfg.objective.get(parts[1], fields[parts[1]].default)
+            try:
+                cfg.objective[parts[1]] = _parse_value(text, current)
+            except ValueError:
+                raise DlmError(f"bad value {text!r} for {path} (expected {type(current).__name__})") from None
+            continue
         section = getattr(cfg, parts[0])
         valid = [f.name for f in dataclasses.fields(section)]
         if parts[1] not in valid:

@@ -9,10 +9,9 @@ import torch
 from dlm.errors import DlmError
 from dlm.noise.block import sample_block_times
 from dlm.objectives import (
+    BD3LM,
     OBJECTIVES,
     bd3_attention_mask,
-    bd3lm_loss,
-    bd3lm_sequence_nll,
     block_causal_mask,
     block_nelbo,
     masked_nelbo,
@@ -96,12 +95,13 @@ def test_training_clips_the_block_times_and_eval_does_not():
     assert torch.allclose(t.flatten().sort().values.diff(), torch.full((31,), 0.5 / 32))  # antithetic: stratified
     toy = ToyDistribution(V=3, L=4)
     model, x0 = exact_bd3(toy, 2), toy.seqs
-    loss = bd3lm_loss(model, x0, mask_id=toy.mask_id, block_size=2, generator=torch.Generator().manual_seed(4)).loss
+    bd3lm = BD3LM(BD3LM.Config(block_size=2), mask_id=toy.mask_id, eos_id=toy.eos_id, vocab_size=toy.vocab,
+                  schedule="loglinear")
+    loss = bd3lm.loss(model, x0, torch.Generator().manual_seed(4)).loss
     clipped = block_nelbo(model, x0, block_size=2, mask_id=toy.mask_id, t_range=(0.3, 0.8),
                           generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(loss, clipped.mean() / 4)
-    nll = bd3lm_sequence_nll(model, x0, mask_id=toy.mask_id, block_size=2, clip=(0.3, 0.8),
-                             generator=torch.Generator().manual_seed(4))
+    nll = bd3lm.nll(model, x0, 1, torch.Generator().manual_seed(4))
     bound = block_nelbo(model, x0, block_size=2, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(4))
     assert torch.equal(nll, bound)
     with pytest.raises(DlmError, match="block size 3 must be positive and divide the sequence length 4"):
@@ -170,7 +170,9 @@ def test_cli_train_eval_sample(tmp_path):
     proc = dlm("train", "--preset", "tiny", "--objective", "bd3lm", "--block-size", 16, "--max-steps", 20,
                "--out", run, "--quiet")
     assert "done: step 20, validation <= " in proc.stdout + proc.stderr
-    assert json.loads((run / "checkpoint" / "config.json").read_text())["train"]["block_size"] == 16
+    saved = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert saved["objective"] == {"block_size": 16, "clip_beta": 0.3, "clip_omega": 0.8}
+    assert saved["format_version"] == 2 and "block_size" not in saved["train"]
     report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 2).stdout)
     assert report["objective"] == "bd3lm" and report["is_bound"] is True and report["nats_per_token"] > 0
     out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 20, "--steps", 8, "--seed", 1,

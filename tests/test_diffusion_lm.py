@@ -14,7 +14,7 @@ from dlm.models.transformer import Transformer
 from dlm.noise.gaussian import get_gaussian_schedule
 from dlm.objectives import OBJECTIVES
 from dlm.noise.gaussian import first_latent_time
-from dlm.objectives.embedding import diffusion_lm_loss, diffusion_lm_nelbo
+from dlm.objectives.embedding import DiffusionLM, diffusion_lm_nelbo
 from dlm.presets import preset_config
 from dlm.samplers import SAMPLERS
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
@@ -163,12 +163,13 @@ def test_sampler_with_the_exact_denoiser_draws_the_data_distribution(ode_sampler
 def test_loss_terms_and_gradients_reach_the_embeddings():
     model = tiny_model(8).train()
     x0 = torch.randint(50, (4, 12), generator=torch.Generator().manual_seed(2))
-    out = diffusion_lm_loss(model, x0, schedule="vp-sqrt", generator=torch.Generator().manual_seed(3))
+    objective = DiffusionLM(mask_id=50, eos_id=49, vocab_size=50, schedule="vp-sqrt")
+    out = objective.loss(model, x0, torch.Generator().manual_seed(3))
     assert set(out.metrics) == {"mse", "rounding", "prior"}
     assert math.isclose(out.loss.item(), sum(out.metrics.values()), rel_tol=1e-5)
     out.loss.backward()
     assert model.embedding_weight.grad.abs().sum() > 0 and model.in_proj.weight.grad.abs().sum() > 0
-    again = diffusion_lm_loss(model, x0, schedule="vp-sqrt", generator=torch.Generator().manual_seed(3))
+    again = objective.loss(model, x0, torch.Generator().manual_seed(3))
     assert again.loss.item() == out.loss.item()  # deterministic for a seed
 
 

@@ -48,7 +48,7 @@ import copy, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from dlm.config import ModelConfig
 from dlm.models import Transformer
-from dlm.objectives.embedding import diffusion_lm_loss
+from dlm.objectives.embedding import DiffusionLM
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -56,7 +56,8 @@ x0 = torch.randint(40, (3, 10), generator=torch.Generator().manual_seed(10 + ran
 
 
 def loss(m):
-    return diffusion_lm_loss(m, x0, generator=torch.Generator().manual_seed(20 + rank)).loss
+    objective = DiffusionLM(mask_id=0, eos_id=0, vocab_size=40)  # vp-sqrt, the paper's schedule
+    return objective.loss(m, x0, torch.Generator().manual_seed(20 + rank)).loss
 
 
 for tie in (False, True):
@@ -95,3 +96,16 @@ def test_ddp_synchronises_every_gradient_of_diffusion_lm(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("synced") == 4
+
+
+def test_torchrun_ddp_ranks_agree_on_the_time_limit_at_a_log_step(tmp_path):
+    """The ranks compare their clocks only at log steps (no all-reduce every step), and all stop there together."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "dlm.cli",
+         "train", "--preset", "tiny", "--objective", "ar", "--max-steps", "12", "--quiet", "--batch-size", "2",
+         "--time-limit", "0.00001", "--set", "train.log_every=3", "--out", str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done: step 3") == 1 and "time limit of 1e-05 minutes reached at step 3" in proc.stdout

@@ -12,10 +12,9 @@ from dlm.models.transformer import Transformer
 from dlm.presets import preset_config
 from dlm.objectives import (
     OBJECTIVES,
+    EsoLM,
     ar_sequence_nll,
-    configure_esolm,
     esolm_diffusion_mask,
-    esolm_loss,
     esolm_nelbo,
     esolm_sequential_mask,
     masked_nelbo,
@@ -226,16 +225,19 @@ def test_the_loss_trains_a_tiny_transformer():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     losses = []
+    esolm = EsoLM(EsoLM.Config(alpha0=0.5, variant="B"), mask_id=7, eos_id=6, vocab_size=8, schedule="linear")
     for _ in range(30):
-        out = esolm_loss(model, data, mask_id=7, alpha0=0.5, variant="B", generator=g)
+        out = esolm.loss(model, data, g)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         losses.append(out.loss.item())
     assert 0.0 < out.metrics["masked_frac"] < 1.0 and 0.0 < out.metrics["ar_frac"] < 1.0
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5, losses
-    with pytest.raises(DlmError, match="alpha0 must be in"):
-        esolm_loss(model, data, mask_id=7, alpha0=1.5, variant="B", generator=g)
+    with pytest.raises(DlmError, match=r"alpha0 1.5 must be in \[0, 1\]"):
+        EsoLM.Config(alpha0=1.5)
+    with pytest.raises(DlmError, match=r"alpha0 1.5 must be in \[0, 1\]"):  # the function checks through it
+        esolm_nelbo(model, data, mask_id=7, alpha0=1.5, variant="B", generator=g)
 
 
 def test_cli_train_eval_sample(tmp_path):
@@ -243,8 +245,9 @@ def test_cli_train_eval_sample(tmp_path):
     proc = dlm("train", "--preset", "tiny", "--objective", "esolm", "--alpha0", 0.5, "--variant", "B",
                "--max-steps", 10, "--out", run, "--quiet")
     assert "done: step 10, validation <= " in proc.stdout + proc.stderr
-    train_cfg = json.loads((run / "checkpoint" / "config.json").read_text())["train"]
-    assert (train_cfg["alpha0"], train_cfg["variant"], train_cfg["schedule"]) == (0.5, "B", "linear")
+    saved = json.loads((run / "checkpoint" / "config.json").read_text())
+    train_cfg, options = saved["train"], saved["objective"]
+    assert (options["alpha0"], options["variant"], train_cfg["schedule"]) == (0.5, "B", "linear")
     proc = dlm("eval", run, "--max-sequences", 4, "--num-samples", 1)
     assert "an upper bound" in proc.stdout and "nats/token     <= " in proc.stdout
     out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 16, "--steps", 4, "--seed", 1,
@@ -256,7 +259,10 @@ def test_cli_train_eval_sample(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--objective", "esolm", "--alpha0", 1.5], "error: --alpha0 1.5 must be in [0, 1]"),
     (["--objective", "esolm", "--variant", "C"], "error: --variant C is not an Eso-LM variant; choose A"),
-    (["--objective", "mdlm", "--alpha0", 0.5], "error: --alpha0 and --variant apply to --objective esolm only"),
+    (["--objective", "mdlm", "--alpha0", 0.5], "error: --alpha0 0.5 applies to --objective esolm only"),
+    (["--objective", "mdlm", "--variant", "A"], "error: --variant A applies to --objective esolm only"),
+    (["--objective", "mdlm", "--set", "objective.alpha0=0.5"],
+     "error: objective.alpha0 is not an option of the mdlm objective; its options: none"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     proc = dlm("train", "--preset", "tiny", *args, "--max-steps", 1, "--out", tmp_path / "x", check=False)
@@ -266,20 +272,26 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
 
 def test_config_checks():
     cfg = preset_config("tiny")
-    cfg.train.objective, cfg.train.schedule, cfg.train.alpha0 = "esolm", "linear", 0.25
-    configure_esolm(cfg.validate())
-    for field, value, message in [("schedule", "cosine", r"fixes its schedule to alpha_t = alpha0 \(1 - t\)"),
-                                  ("variant", "b", "--variant b is not an Eso-LM variant"),
-                                  ("alpha0", -0.1, "--alpha0 -0.1 must be in")]:
+    cfg.train.objective, cfg.train.schedule, cfg.objective["alpha0"] = "esolm", "linear", 0.25
+    EsoLM.configure(cfg.validate())
+    assert cfg.objective_config() == EsoLM.Config(alpha0=0.25, variant="B")
+    for section, field, value, message in [
+        ("train", "schedule", "cosine", r"fixes its schedule to alpha_t = alpha0 \(1 - t\)"),
+        ("objective", "variant", "b", "--variant b is not an Eso-LM variant"),
+        ("objective", "alpha0", -0.1, "--alpha0 -0.1 must be in"),
+    ]:
         bad = preset_config("tiny")
         bad.train.objective, bad.train.schedule = "esolm", "linear"
-        setattr(bad.train, field, value)
+        if section == "train":
+            setattr(bad.train, field, value)
+        else:
+            bad.objective[field] = value
         with pytest.raises(DlmError, match=message):
-            configure_esolm(bad)
+            EsoLM.configure(bad.validate())  # the options are checked once, by EsoLM.Config
     cfg.model.time_conditioning = True
     with pytest.raises(DlmError, match="drop model.time_conditioning"):
-        configure_esolm(cfg)
+        EsoLM.configure(cfg)
     cfg = preset_config("tiny")
-    cfg.train.variant = "A"  # --set train.variant=A with --objective mdlm
-    with pytest.raises(DlmError, match="apply to --objective esolm only"):
+    cfg.objective["variant"] = "A"  # --set objective.variant=A with --objective mdlm
+    with pytest.raises(DlmError, match="objective.variant is not an option of the mdlm objective; its options: none"):
         cfg.validate()

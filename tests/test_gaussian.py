@@ -201,7 +201,7 @@ def test_exact_denoiser_x0_error_is_the_posterior_variance(target):
     alpha, sigma = s.alpha(times[0]), s.sigma(times[0])
     posterior_var = S**2 * sigma**2 / (alpha**2 * S**2 + sigma**2)  # Var(x0 | x_t) per coordinate
     # mean of 3n squared Gaussians: relative standard error sqrt(2 / 3n) = 0.6%
-    assert out.metrics["x0_mse"] == pytest.approx(posterior_var.item(), rel=4 * math.sqrt(2 / (3 * n)))
+    assert out.metrics["x0_mse"].item() == pytest.approx(posterior_var.item(), rel=4 * math.sqrt(2 / (3 * n)))
 
 
 # --- samplers -------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import torch
 
 import dlm
 from dlm.errors import DlmError
-from dlm.objectives import OBJECTIVES, ar_sequence_nll, masked_nelbo, mdlm_loss, subs_log_probs
+from dlm.objectives import MDLM, OBJECTIVES, ar_sequence_nll, masked_nelbo, subs_log_probs
 from toy import ToyDistribution
 
 
@@ -71,9 +71,13 @@ def test_subs_ignores_the_model_at_unmasked_positions_and_the_mask_logit():
 def test_mdlm_loss_is_the_one_draw_nelbo_per_token():
     toy = ToyDistribution(V=3, L=3)
     x0 = toy.seqs
-    loss = mdlm_loss(toy.denoiser, x0, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(5)).loss
+    mdlm = MDLM(mask_id=toy.mask_id, eos_id=toy.eos_id, vocab_size=toy.vocab, schedule="loglinear")
+    out = mdlm.loss(toy.denoiser, x0, torch.Generator().manual_seed(5))
+    loss = out.loss
     nelbo = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(loss, nelbo.mean() / x0.shape[1])
+    assert isinstance(out.metrics["masked_frac"], torch.Tensor) and not out.metrics["masked_frac"].requires_grad
+    assert torch.equal(mdlm.nll(toy.denoiser, x0, 1, torch.Generator().manual_seed(5)), nelbo)
 
 
 def test_public_masked_nelbo_is_the_objective():

@@ -12,7 +12,7 @@ from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
 from dlm.noise import get_schedule, uniform_tokens
-from dlm.objectives import OBJECTIVES, masked_nelbo, score_entropy_nelbo, sedd_loss
+from dlm.objectives import OBJECTIVES, SEDD, masked_nelbo, score_entropy_nelbo
 from dlm.objectives.score_entropy import log_ratios
 from dlm.samplers import SAMPLERS, SampleConfig, left_pad
 from dlm.samplers.score_entropy import sedd_generate
@@ -114,7 +114,8 @@ def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer(graph):
                                     time_conditioning=graph == "uniform"))
     x0 = torch.randint(3, 20, (6, 8))
     kw = dict(graph=graph, mask_id=1, vocab_size=20)
-    out = sedd_loss(model, x0, generator=torch.Generator().manual_seed(5), **kw)
+    sedd = SEDD(SEDD.Config(graph=graph), mask_id=1, eos_id=2, vocab_size=20, schedule="loglinear")
+    out = sedd.loss(model, x0, torch.Generator().manual_seed(5))
     nelbo = score_entropy_nelbo(model, x0, generator=torch.Generator().manual_seed(5), **kw)
     torch.testing.assert_close(out.loss.double(), nelbo.mean() / 8, rtol=1e-5, atol=1e-6)
     out.loss.backward()
@@ -211,7 +212,7 @@ def test_registry_and_configure():
     sedd = OBJECTIVES.get("sedd")
     assert sedd.is_bound and not sedd.causal and sedd.samplers == ("sedd-analytic", "sedd-euler")
     cfg = preset_config("tiny")
-    cfg.train.objective, cfg.train.graph = "sedd", "uniform"
+    cfg.train.objective, cfg.objective["graph"] = "sedd", "uniform"
     sedd.configure(cfg)
     assert cfg.model.time_conditioning
     cfg.train.schedule = "cosine"

@@ -105,6 +105,20 @@ def test_config_overrides_are_strict():
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_the_optimizer_updates_all_parameters_at_once():
+    from dlm.train.optim import build_optimizer
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = build_optimizer(model, preset_config("tiny").train)
+    assert all(g["foreach"] and not g["fused"] for g in optimizer.param_groups)  # CPU: foreach (CUDA: fused)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1, 1]  # the matrix decays, the bias does not
+
+
+def test_a_time_limit_stops_a_single_process_run_at_once(tmp_path):
+    record = train(tiny(steps=12, time_limit_minutes=1e-6, log_every=5), tmp_path / "t", progress=False)
+    assert record["step"] == 1  # one process checks the clock every step (DDP: at log steps)
+
+
 def test_lr_schedule():
     cfg = preset_config("tiny").train
     cfg.max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio = 110, 10, 1.0, 0.1

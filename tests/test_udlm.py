@@ -11,7 +11,7 @@ from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
 from dlm.noise import get_schedule
-from dlm.objectives import OBJECTIVES, mean_log_ratios, udlm_loss, udlm_nelbo
+from dlm.objectives import OBJECTIVES, UDLM, mean_log_ratios, udlm_nelbo
 from dlm.samplers import SAMPLERS, SampleConfig, left_pad
 from test_sedd import assert_tight, dlm, draws_per_sequence, frequencies, uniform_ratios
 from toy import ToyDistribution
@@ -67,7 +67,8 @@ def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer():
     model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=8,
                                     time_conditioning=True))
     x0 = torch.randint(3, 20, (6, 8))
-    out = udlm_loss(model, x0, mask_id=1, vocab_size=20, generator=torch.Generator().manual_seed(5))
+    udlm = UDLM(mask_id=1, eos_id=2, vocab_size=20, schedule="loglinear")
+    out = udlm.loss(model, x0, torch.Generator().manual_seed(5))
     nelbo = udlm_nelbo(model, x0, mask_id=1, vocab_size=20, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(out.loss.double(), nelbo.mean() / 8, rtol=1e-5, atol=1e-6)
     out.loss.backward()
@@ -75,7 +76,7 @@ def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
     for step in range(30):
-        loss = udlm_loss(model, x0, mask_id=1, vocab_size=20, generator=torch.Generator().manual_seed(step)).loss
+        loss = udlm.loss(model, x0, torch.Generator().manual_seed(step)).loss
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -124,7 +125,9 @@ def test_registry_configure_and_sampler_options():
     cfg = preset_config("tiny")
     cfg.train.objective = "udlm"
     udlm.configure(cfg)
-    assert cfg.model.time_conditioning and udlm.kwargs_from(cfg) == {"vocab_size": cfg.model.vocab_size}
+    assert cfg.model.time_conditioning
+    built = OBJECTIVES.build(cfg, type("Tok", (), {"mask_id": 3, "eos_id": 4})())
+    assert isinstance(built, udlm) and built.vocab_size == cfg.model.vocab_size and built.mask_id == 3
     cfg.train.schedule = "quadratic"
     with pytest.raises(DlmError, match="unknown schedule 'quadratic'"):
         udlm.configure(cfg)

@@ -8,7 +8,6 @@ the corpus and tokenizer hashes (so a second run does not re-tokenize), and cut 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass

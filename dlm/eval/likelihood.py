@@ -25,18 +25,16 @@ def evaluate(
     dataset: PackedDataset,
     tokenizer: Tokenizer,
     *,
-    schedule: str = "loglinear",
     num_samples: int = 4,
     seed: int = 0,
     max_sequences: int | None = None,
     batch_size: int = 16,
     dist_info: DistInfo | None = None,
     autocast=nullcontext,
-    options: dict | None = None,
 ) -> dict:
     """The report of ``dlm eval`` over the first ``max_sequences`` sequences (all by default): nats_per_token,
-    ppl, bits_per_byte, tokens, mc_draws, is_bound. Batches are shared out over the processes of a DDP run.
-    ``options``: extra keyword arguments of ``objective.sequence_nll`` (``objective.kwargs_from(run_config)``)."""
+    ppl, bits_per_byte, tokens, mc_draws, is_bound. ``objective`` is a built one (``OBJECTIVES.build(run_config,
+    tokenizer)``): its ``nll`` scores each batch. Batches are shared out over the processes of a DDP run."""
     info = dist_info or DistInfo()
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     was_training = getattr(model, "training", False)
@@ -49,10 +47,7 @@ def evaluate(
         x0 = dataset.batch(batches[k]).to(device)
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
         with autocast():
-            nll = objective.sequence_nll(
-                model, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=schedule,
-                num_samples=num_samples, generator=generator, **(options or {}),
-            )  # (B,) nats per sequence
+            nll = objective.nll(model, x0, num_samples, generator)  # (B,) nats per sequence
         total += nll.double().sum()
     total = all_reduce_sum(total, info).item()
     if was_training:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dlm.objectives.base import LossOutput
+from dlm.errors import DlmError
+from dlm.objectives.base import LossOutput, Objective
 
 
 def ar_token_nll(model, x0: torch.Tensor, *, eos_id: int) -> torch.Tensor:
@@ -20,11 +21,26 @@ def ar_token_nll(model, x0: torch.Tensor, *, eos_id: int) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view(B, L)
 
 
-def ar_loss(model, x0: torch.Tensor, *, eos_id: int, **_) -> LossOutput:
-    nll = ar_token_nll(model, x0, eos_id=eos_id)  # (B, L)
-    return LossOutput(loss=nll.mean())
-
-
-def ar_sequence_nll(model, x0: torch.Tensor, *, eos_id: int, **_) -> torch.Tensor:
+def ar_sequence_nll(model, x0: torch.Tensor, *, eos_id: int) -> torch.Tensor:
     """Exact -log p(x0) per sequence, [B] nats."""
     return ar_token_nll(model, x0, eos_id=eos_id).sum(-1)
+
+
+class AR(Objective):
+    """Next-token prediction with a causal backbone; ``nll`` is exact (no Monte Carlo draws)."""
+
+    name = "ar"
+    causal = True
+    is_bound = False
+    samplers = ("ar",)
+
+    @classmethod
+    def configure(cls, run_config) -> None:
+        if run_config.model.time_conditioning:
+            raise DlmError("the ar objective has no time: drop model.time_conditioning")
+
+    def loss(self, model, batch, generator) -> LossOutput:
+        return LossOutput(loss=ar_token_nll(model, batch, eos_id=self.eos_id).mean())
+
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return ar_sequence_nll(model, x0, eos_id=self.eos_id)

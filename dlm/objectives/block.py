@@ -13,24 +13,24 @@ token of block b sees the xt tokens of block b (both ways) and the x0 tokens of 
 sees the x0 tokens of blocks <= b. Both halves use RoPE positions 0..L-1; the logits of the first L positions are
 p_theta(. | xt^b, x0^{<b}). SUBS as in ``masked``: no mass on the mask token, unmasked positions cost nothing.
 
-Times: one t per block. Training draws them from the clipped range U[beta, omega] (``clip``, default [0.3, 0.8]),
-which cuts the variance of the loss but is no longer a bound; evaluation (``sequence_nll``) always uses U[t_min, 1].
+Times: one t per block. Training draws them from the clipped range U[beta, omega] (``BD3LM.Config``'s clip_beta
+and clip_omega, default [0.3, 0.8]), which cuts the variance of the loss but is no longer a bound; evaluation
+(``nll``) always uses U[t_min, 1].
 No time conditioning: the model is not told the blocks' noise levels (SUBS infers them from the masks, as MDLM's
-default does); ``configure_bd3lm`` rejects ``model.time_conditioning``.
+default does); ``BD3LM.configure`` rejects ``model.time_conditioning``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from dlm.errors import DlmError
 from dlm.noise.block import bd3_attention_mask, mask_blocks, sample_block_times
-from dlm.noise.schedules import Schedule, get_schedule
-from dlm.objectives.base import LossOutput
 from dlm.noise.masked import subs_log_probs
-
-DEFAULT_CLIP = (0.3, 0.8)  # BD3-LM's [beta, omega] for training
-
+from dlm.noise.schedules import Schedule, get_schedule
+from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
 def check_block_size(length: int, block_size: int) -> int:
     """The number of blocks; a one-line error when ``block_size`` does not cut ``length`` into whole blocks."""
@@ -76,62 +76,59 @@ def block_nelbo(
     ``masked_nelbo`` does. With block_size = L, the draws (times, then one uniform per position) are those of
     ``masked_nelbo`` for the same generator, and so is the value for a model that sees xt alone.
     """
-    if num_samples < 1:
-        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
     schedule = get_schedule(schedule)
-    B, L = x0.shape
-    num_blocks = check_block_size(L, block_size)
-    t_all = sample_block_times(
-        num_samples * B, num_blocks, generator=generator, antithetic=antithetic, t_range=t_range, device=x0.device
-    ).view(num_samples, B, num_blocks)  # [s]: the s-th draw of every sequence's block times
-    total = torch.zeros(B, device=x0.device)
-    for s in range(num_samples):
-        total = total + _block_draw(model, x0, t_all[s], block_size, schedule, mask_id, generator)[0]
-    return total / num_samples
+    num_blocks = check_block_size(x0.shape[1], block_size)
+    return monte_carlo(
+        lambda t: _block_draw(model, x0, t, block_size, schedule, mask_id, generator)[0],
+        lambda n: sample_block_times(n, num_blocks, generator=generator, antithetic=antithetic, t_range=t_range,
+                                     device=x0.device),
+        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device,
+    )
 
 
-def bd3lm_loss(
-    model,
-    x0: torch.Tensor,
-    *,
-    mask_id: int,
-    block_size: int,
-    schedule: str | Schedule = "loglinear",
-    generator: torch.Generator | None = None,
-    antithetic: bool = True,
-    clip: tuple[float, float] = DEFAULT_CLIP,
-    **_,
-) -> LossOutput:
-    """Training loss: one draw per sequence with block times in the clipped range ``clip`` = [beta, omega], in
-    nats per token."""
-    schedule = get_schedule(schedule)
-    B, L = x0.shape
-    t = sample_block_times(B, check_block_size(L, block_size), generator=generator, antithetic=antithetic,
-                           t_range=clip, device=x0.device)  # (B, L/k)
-    nelbo, masked_frac = _block_draw(model, x0, t, block_size, schedule, mask_id, generator)
-    return LossOutput(loss=nelbo.mean() / L, metrics={"masked_frac": masked_frac.item()})
+class BD3LM(Objective):
+    """Block diffusion: training draws block times in the clipped range [clip_beta, clip_omega]; ``nll`` is
+    ``block_nelbo`` with U[t_min, 1], never clipped."""
 
+    name = "bd3lm"
+    samplers = ("block",)
 
-def bd3lm_sequence_nll(model, x0, *, mask_id: int, block_size: int, schedule="loglinear", num_samples=1,
-                       generator=None, **_) -> torch.Tensor:
-    """The bound for ``dlm eval``: block times from U[t_min, 1], never clipped."""
-    return block_nelbo(model, x0, block_size=block_size, mask_id=mask_id, schedule=schedule,
-                       num_samples=num_samples, generator=generator)
+    @dataclass(frozen=True)
+    class Config:
+        block_size: int = 16  # tokens per block (must divide data.seq_len)
+        clip_beta: float = 0.3  # training draws each block's t from U[clip_beta, clip_omega] (eval: U[eps, 1])
+        clip_omega: float = 0.8
 
+        def __post_init__(self):
+            if self.block_size <= 0:
+                raise DlmError(f"--block-size {self.block_size} must be positive (objective.block_size, tokens per "
+                               f"block, a divisor of data.seq_len)")
+            if not 0.0 <= self.clip_beta < self.clip_omega <= 1.0:
+                raise DlmError(f"the clipped schedule needs 0 <= objective.clip_beta < objective.clip_omega <= 1, "
+                               f"got [{self.clip_beta}, {self.clip_omega}]")
 
-def bd3lm_options(cfg) -> dict:
-    """Keyword arguments of ``bd3lm_loss`` / ``bd3lm_sequence_nll`` from a ``RunConfig``."""
-    return {"block_size": cfg.train.block_size, "clip": (cfg.train.clip_beta, cfg.train.clip_omega)}
+    @classmethod
+    def configure(cls, run_config) -> None:
+        """Whole blocks in a training sequence, a known schedule, and no time conditioning (SUBS)."""
+        block_size, seq_len = run_config.objective_config().block_size, run_config.data.seq_len
+        if seq_len % block_size:
+            raise DlmError(f"--block-size {block_size} must be positive and divide data.seq_len {seq_len}; "
+                           f"e.g. --block-size 4, 8 or 16")
+        get_schedule(run_config.train.schedule)  # an unknown name lists the valid ones
+        if run_config.model.time_conditioning:
+            raise DlmError("bd3lm models take no time (SUBS): drop model.time_conditioning")
 
+    def loss(self, model, batch, generator) -> LossOutput:
+        """One draw per sequence with block times in [clip_beta, clip_omega], in nats per token."""
+        c = self.config
+        schedule = get_schedule(self.schedule)
+        B, L = batch.shape
+        t = sample_block_times(B, check_block_size(L, c.block_size), generator=generator,
+                               antithetic=self.antithetic, t_range=(c.clip_beta, c.clip_omega),
+                               device=batch.device)  # (B, L/k)
+        nelbo, masked_frac = _block_draw(model, batch, t, c.block_size, schedule, self.mask_id, generator)
+        return LossOutput(loss=nelbo.mean() / L, metrics={"masked_frac": masked_frac.detach()})
 
-def configure_bd3lm(cfg) -> None:
-    """Check a ``RunConfig`` for BD3-LM before anything is built (one-line errors)."""
-    tc = cfg.train
-    if tc.block_size <= 0 or cfg.data.seq_len % tc.block_size:
-        raise DlmError(f"--block-size {tc.block_size} must be positive and divide data.seq_len {cfg.data.seq_len}; "
-                       f"e.g. --block-size 4, 8 or 16")
-    if not 0.0 <= tc.clip_beta < tc.clip_omega <= 1.0:
-        raise DlmError(f"the clipped schedule needs 0 <= train.clip_beta < train.clip_omega <= 1, got "
-                       f"[{tc.clip_beta}, {tc.clip_omega}]")
-    if cfg.model.time_conditioning:
-        raise DlmError("bd3lm models take no time (SUBS): drop model.time_conditioning")
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return block_nelbo(model, x0, block_size=self.config.block_size, mask_id=self.mask_id,
+                           schedule=self.schedule, num_samples=num_samples, generator=generator)

@@ -57,7 +57,7 @@ from dlm.noise.gaussian import (
     get_gaussian_schedule,
 )
 from dlm.noise.schedules import sample_times
-from dlm.objectives.base import LossOutput
+from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
 DEFAULT_EMBED_DIM = 16  # the paper's embedding width on E2E (it used 128 on ROCStories)
 
@@ -76,38 +76,6 @@ def _ends(schedule: GaussianSchedule, t_min: float) -> tuple[float, float, float
     return (sigma[0] / alpha[0]).item(), alpha[1].item(), sigma[1].item()
 
 
-def diffusion_lm_loss(
-    model,
-    x0: torch.Tensor,
-    *,
-    schedule: str | GaussianSchedule = "vp-sqrt",
-    generator: torch.Generator | None = None,
-    antithetic: bool = True,
-    t_min: float | None = None,
-    **_,
-) -> LossOutput:
-    """L_simple + rounding + prior (module docstring) for tokens x0 [B, L]; metrics mse, rounding, prior."""
-    schedule = get_gaussian_schedule(schedule)
-    t_min = first_latent_time(schedule) if t_min is None else t_min
-    net = unwrap(model)  # the side paths (module docstring: DDP)
-    noise_ratio, alpha_1, _ = _ends(schedule, t_min)
-    # 1. embed the tokens: the clean data of the diffusion
-    e = net.embed(x0)  # (B, L, E)
-    # 2. sample t, noise the embeddings, predict x0 (the continuous path)
-    t = sample_times(x0.shape[0], generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device)  # (B,)
-    z_t, _ = add_noise(e, t.to(e.dtype), schedule, generator)  # (B, L, E)
-    x0_hat = call_method(model, "forward_embeds", z_t, t)  # (B, L, E), through DDP's forward
-    mse = (x0_hat.float() - e.float()).pow(2).mean()
-    # 3. rounding: the decoder p(w | z_{t_min}) on a fresh draw of the first latent
-    rounding = rounding_nll(net, e, x0, noise_ratio, generator).mean()
-    # 4. prior: the mean alpha_1 e of x_T towards 0
-    prior = (alpha_1 * e.float()).pow(2).mean()
-    return LossOutput(
-        loss=mse + rounding + prior,
-        metrics={"mse": mse.item(), "rounding": rounding.item(), "prior": prior.item()},
-    )
-
-
 def diffusion_lm_nelbo(
     model,
     x0: torch.Tensor,
@@ -120,45 +88,74 @@ def diffusion_lm_nelbo(
 ) -> torch.Tensor:
     """The NELBO of the module docstring in nats per sequence, [B]: an upper bound on -log p(x0), averaged over
     ``num_samples`` Monte Carlo draws of (t, eps) per sequence (antithetic times over all draws)."""
-    if num_samples < 1:
-        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
     schedule = get_gaussian_schedule(schedule)
     t_min = first_latent_time(schedule) if t_min is None else t_min
     net = unwrap(model)
     noise_ratio, alpha_1, sigma_1 = _ends(schedule, t_min)
-    B = x0.shape[0]
     e = net.embed(x0).float()  # (B, L, E)
     # prior: KL(N(alpha_1 e, sigma_1^2) || N(0, 1)) per coordinate, summed (exact)
     prior = 0.5 * ((alpha_1 * e).pow(2) + sigma_1**2 - 1.0 - 2.0 * math.log(sigma_1)).sum((1, 2))
-    t_all = sample_times(
-        num_samples * B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device
-    ).view(num_samples, B).double()  # row s: the s-th draw of every sequence
-    total = torch.zeros(B, dtype=torch.float64, device=x0.device)
-    for s in range(num_samples):
-        t = t_all[s]  # (B,)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:  # (B,) float64
         # reconstruction: -log p(w | z_{t_min}), summed over positions
-        total += rounding_nll(net, e, x0, noise_ratio, generator).sum(-1).double()
+        reconstruction = rounding_nll(net, e, x0, noise_ratio, generator).sum(-1).double()
         # diffusion: -SNR'(t) / 2 * the summed squared x0 error, times the length of [t_min, 1]
         z_t, _ = add_noise(e, t.float(), schedule, generator)  # (B, L, E)
         x0_hat = call_method(model, "forward_embeds", z_t, t.float())  # (B, L, E)
         sq_err = (x0_hat.float() - e).pow(2).sum((1, 2)).double()  # (B,)
         dsnr = 2.0 * schedule.snr(t) * (schedule.f(t) - schedule.dsigma(t) / schedule.sigma(t))  # d SNR / dt
-        total += (1.0 - t_min) * (-0.5 * dsnr) * sq_err
-    return prior.double() + total / num_samples
+        return reconstruction + (1.0 - t_min) * (-0.5 * dsnr) * sq_err
+
+    mean = monte_carlo(
+        draw,
+        lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device).double(),
+        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device, dtype=torch.float64,
+    )
+    return prior.double() + mean
 
 
-def diffusion_lm_sequence_nll(model, x0, *, schedule="vp-sqrt", num_samples=1, generator=None, **_):
-    return diffusion_lm_nelbo(model, x0, schedule=schedule, num_samples=num_samples, generator=generator)
+class DiffusionLM(Objective):
+    """Diffusion-LM: Gaussian diffusion on learned embeddings; ``loss`` is L_simple + rounding + prior (metrics mse,
+    rounding, prior), ``nll`` is ``diffusion_lm_nelbo``. ``schedule`` is a Gaussian one (``vp-sqrt`` by default)."""
 
+    name = "diffusion-lm"
+    samplers = ("embed-ddpm", "embed-ddim", "embed-dpmpp-2m")
+    default_schedule = "vp-sqrt"
 
-def configure_diffusion_lm(cfg) -> None:
-    """Fit a ``RunConfig`` to Diffusion-LM before the model is built: a Gaussian ``train.schedule``, a
-    time-conditioned model, and an embedding space of ``model.embed_dim`` (``DEFAULT_EMBED_DIM`` when 0)."""
-    if cfg.train.schedule not in GAUSSIAN_SCHEDULES:
-        raise DlmError(
-            f"--objective diffusion-lm needs a Gaussian schedule, not {cfg.train.schedule!r}; "
-            f"pass --schedule with one of: {', '.join(GAUSSIAN_SCHEDULES.names())}"
-        )
-    cfg.model.time_conditioning = True
-    if cfg.model.embed_dim == 0:
-        cfg.model.embed_dim = DEFAULT_EMBED_DIM
+    @classmethod
+    def configure(cls, run_config) -> None:
+        """A Gaussian ``train.schedule``, a time-conditioned model, and an embedding space of ``model.embed_dim``
+        (``DEFAULT_EMBED_DIM`` when 0)."""
+        if run_config.train.schedule not in GAUSSIAN_SCHEDULES:
+            raise DlmError(
+                f"--objective diffusion-lm needs a Gaussian schedule, not {run_config.train.schedule!r}; "
+                f"pass --schedule with one of: {', '.join(GAUSSIAN_SCHEDULES.names())}"
+            )
+        run_config.model.time_conditioning = True
+        if run_config.model.embed_dim == 0:
+            run_config.model.embed_dim = DEFAULT_EMBED_DIM
+
+    def loss(self, model, batch, generator) -> LossOutput:
+        """L_simple + rounding + prior (module docstring) for tokens x0 [B, L]."""
+        x0 = batch
+        schedule = get_gaussian_schedule(self.schedule)
+        t_min = first_latent_time(schedule)
+        net = unwrap(model)  # the side paths (module docstring: DDP)
+        noise_ratio, alpha_1, _ = _ends(schedule, t_min)
+        # 1. embed the tokens: the clean data of the diffusion
+        e = net.embed(x0)  # (B, L, E)
+        # 2. sample t, noise the embeddings, predict x0 (the continuous path)
+        t = sample_times(x0.shape[0], generator=generator, antithetic=self.antithetic, t_min=t_min,
+                         device=x0.device)  # (B,)
+        z_t, _ = add_noise(e, t.to(e.dtype), schedule, generator)  # (B, L, E)
+        x0_hat = call_method(model, "forward_embeds", z_t, t)  # (B, L, E), through DDP's forward
+        mse = (x0_hat.float() - e.float()).pow(2).mean()
+        # 3. rounding: the decoder p(w | z_{t_min}) on a fresh draw of the first latent
+        rounding = rounding_nll(net, e, x0, noise_ratio, generator).mean()
+        # 4. prior: the mean alpha_1 e of x_T towards 0
+        prior = (alpha_1 * e.float()).pow(2).mean()
+        return LossOutput(loss=mse + rounding + prior,
+                          metrics={"mse": mse.detach(), "rounding": rounding.detach(), "prior": prior.detach()})
+
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return diffusion_lm_nelbo(model, x0, schedule=self.schedule, num_samples=num_samples, generator=generator)

@@ -26,13 +26,15 @@ positions. ``rank`` is a random permutation that puts every clean token before e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from dlm.errors import DlmError
 from dlm.noise import mask_tokens, sample_times
 from dlm.noise.hybrid import VARIANTS, HybridSchedule, esolm_diffusion_mask, esolm_sequential_mask
-from dlm.objectives.base import LossOutput
 from dlm.noise.masked import subs_log_probs
+from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
 def random_ranks(clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """clean: bool [B, L] -> rank [B, L], a uniformly random permutation of 0..L-1 per row with every clean
@@ -85,13 +87,6 @@ def _esolm_draw(model, x0, t, alpha0: float, variant: str, mask_id: int, generat
     return total, masked.float().mean(), masked0.float().mean()
 
 
-def _check(alpha0: float, variant: str) -> None:
-    if not 0.0 <= alpha0 <= 1.0:
-        raise DlmError(f"alpha0 must be in [0, 1] (the expected fraction of tokens made by diffusion), got {alpha0}")
-    if variant not in VARIANTS:
-        raise DlmError(f"unknown Eso-LM variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-
-
 def esolm_nelbo(
     model,
     x0: torch.Tensor,
@@ -109,61 +104,52 @@ def esolm_nelbo(
     ``model(x: LongTensor[B, Lx], t=None, *, attn_mask: bool[B, Lx, Lx], positions: LongTensor[Lx]) -> logits
     [B, Lx, V]`` can be any callable (Lx = L for the diffusion pass, 2L for the sequential one). Times as in
     ``masked_nelbo``: all B * num_samples drawn together (antithetic) in [t_min, 1]."""
-    if num_samples < 1:
-        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
-    _check(alpha0, variant)
-    B = x0.shape[0]
-    t_all = sample_times(
-        num_samples * B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device
-    ).view(num_samples, B)  # row s: the s-th draw of every sequence
-    total = torch.zeros(B, device=x0.device)
-    for s in range(num_samples):
-        total = total + _esolm_draw(model, x0, t_all[s], alpha0, variant, mask_id, generator)[0]
-    return total / num_samples
+    EsoLM.Config(alpha0=alpha0, variant=variant)  # one-line errors for values out of range
+    return monte_carlo(
+        lambda t: _esolm_draw(model, x0, t, alpha0, variant, mask_id, generator)[0],
+        lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
+        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device,
+    )
 
 
-def esolm_loss(
-    model,
-    x0: torch.Tensor,
-    *,
-    mask_id: int,
-    alpha0: float,
-    variant: str,
-    generator: torch.Generator | None = None,
-    antithetic: bool = True,
-    **_,
-) -> LossOutput:
-    """Training loss: the NELBO of one draw per sequence, in nats per token."""
-    _check(alpha0, variant)
-    t = sample_times(x0.shape[0], generator=generator, antithetic=antithetic, device=x0.device)  # (B,)
-    nelbo, masked_frac, ar_frac = _esolm_draw(model, x0, t, alpha0, variant, mask_id, generator)
-    return LossOutput(loss=nelbo.mean() / x0.shape[1],
-                      metrics={"masked_frac": masked_frac.item(), "ar_frac": ar_frac.item()})
+class EsoLM(Objective):
+    """Eso-LM: masked diffusion down to z0 (about alpha0 of the tokens), then an AR pass over z0's masks; ``nll`` is
+    ``esolm_nelbo``. The schedule is alpha0 (1 - t), whatever ``schedule`` says (``train.schedule`` is linear)."""
 
+    name = "esolm"
+    samplers = ("esolm",)
+    default_schedule = "linear"
 
-def esolm_sequence_nll(model, x0, *, mask_id: int, alpha0: float, variant: str, num_samples=1, generator=None,
-                       **_) -> torch.Tensor:
-    """The bound for ``dlm eval`` (the schedule is alpha0 (1 - t), whatever ``schedule`` says)."""
-    return esolm_nelbo(model, x0, alpha0=alpha0, variant=variant, mask_id=mask_id, num_samples=num_samples,
-                       generator=generator)
+    @dataclass(frozen=True)
+    class Config:
+        alpha0: float = 1.0  # expected fraction of tokens made by diffusion (1 = masked diffusion, 0 = AR)
+        variant: str = "B"  # attention: A (clean tokens attend both ways) or B (causal, KV-cacheable)
 
+        def __post_init__(self):
+            if not 0.0 <= self.alpha0 <= 1.0:
+                raise DlmError(f"--alpha0 {self.alpha0} must be in [0, 1] (objective.alpha0, the expected fraction "
+                               f"of tokens made by diffusion; 1 = masked diffusion, 0 = autoregressive)")
+            if self.variant not in VARIANTS:
+                raise DlmError(f"--variant {self.variant} is not an Eso-LM variant; choose A (better likelihood) or "
+                               f"B (KV cache in both phases)")
 
-def esolm_options(cfg) -> dict:
-    """Keyword arguments of ``esolm_loss`` / ``esolm_sequence_nll`` from a ``RunConfig``."""
-    return {"alpha0": cfg.train.alpha0, "variant": cfg.train.variant}
+    @classmethod
+    def configure(cls, run_config) -> None:
+        """The linear ``train.schedule`` (the objective's alpha0 (1 - t) is fixed) and no time conditioning."""
+        if run_config.train.schedule != "linear":
+            raise DlmError(f"--objective esolm fixes its schedule to alpha_t = alpha0 (1 - t), not "
+                           f"{run_config.train.schedule!r}; drop --schedule")
+        if run_config.model.time_conditioning:
+            raise DlmError("esolm models take no time (SUBS): drop model.time_conditioning")
 
+    def loss(self, model, batch, generator) -> LossOutput:
+        """The NELBO of one draw per sequence, in nats per token; metrics masked_frac (zt) and ar_frac (z0)."""
+        t = sample_times(batch.shape[0], generator=generator, antithetic=self.antithetic, device=batch.device)
+        nelbo, masked_frac, ar_frac = _esolm_draw(model, batch, t, self.config.alpha0, self.config.variant,
+                                                  self.mask_id, generator)
+        return LossOutput(loss=nelbo.mean() / batch.shape[1],
+                          metrics={"masked_frac": masked_frac.detach(), "ar_frac": ar_frac.detach()})
 
-def configure_esolm(cfg) -> None:
-    """Check a ``RunConfig`` for Eso-LM before anything is built (one-line errors)."""
-    tc = cfg.train
-    if not 0.0 <= tc.alpha0 <= 1.0:
-        raise DlmError(f"--alpha0 {tc.alpha0} must be in [0, 1] (the expected fraction of tokens made by diffusion; "
-                       f"1 = masked diffusion, 0 = autoregressive)")
-    if tc.variant not in VARIANTS:
-        raise DlmError(f"--variant {tc.variant} is not an Eso-LM variant; choose A (better likelihood) or B "
-                       f"(KV cache in both phases)")
-    if tc.schedule != "linear":
-        raise DlmError(f"--objective esolm fixes its schedule to alpha_t = alpha0 (1 - t), not {tc.schedule!r}; "
-                       f"drop --schedule")
-    if cfg.model.time_conditioning:
-        raise DlmError("esolm models take no time (SUBS): drop model.time_conditioning")
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return esolm_nelbo(model, x0, alpha0=self.config.alpha0, variant=self.config.variant, mask_id=self.mask_id,
+                           num_samples=num_samples, generator=generator)

@@ -79,5 +79,5 @@ def gaussian_loss(
     factor = x0_loss_factor(target, t, schedule).float()  # (B,)
     w = torch.ones_like(se) if weighting is None else WEIGHTINGS.get(weighting)(schedule.snr(t).float()) / factor
     return LossOutput(
-        loss=(w * se).mean(), metrics={"mse": se.mean().item(), "x0_mse": (se / factor).mean().item()}
+        loss=(w * se).mean(), metrics={"mse": se.mean().detach(), "x0_mse": (se / factor).mean().detach()}
     )

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from dlm.errors import DlmError
 from dlm.noise import get_schedule, mask_tokens, sample_times
 from dlm.noise.masked import subs_log_probs
 from dlm.noise.schedules import Schedule
-from dlm.objectives.base import LossOutput
+from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
 
 def _masked_draw(model, x0, t, schedule: Schedule, mask_id: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,35 +48,31 @@ def masked_nelbo(
     antithetically over all B * num_samples draws (stratified per sequence), in [t_min, 1] as in MDLM: the omitted
     [0, t_min] part of the integral is O(t_min) nats per sequence.
     """
-    if num_samples < 1:
-        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
     schedule = get_schedule(schedule)
-    B = x0.shape[0]
-    t_all = sample_times(
-        num_samples * B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device
-    ).view(num_samples, B)  # row s: the s-th draw of every sequence
-    total = torch.zeros(B, device=x0.device)
-    for s in range(num_samples):
-        total = total + _masked_draw(model, x0, t_all[s], schedule, mask_id, generator)[0]
-    return total / num_samples
+    return monte_carlo(
+        lambda t: _masked_draw(model, x0, t, schedule, mask_id, generator)[0],
+        lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
+        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device,
+    )
 
 
-def mdlm_loss(
-    model,
-    x0: torch.Tensor,
-    *,
-    mask_id: int,
-    schedule: str | Schedule = "loglinear",
-    generator: torch.Generator | None = None,
-    antithetic: bool = True,
-    **_,
-) -> LossOutput:
-    """Training loss: the NELBO of one draw per sequence, in nats per token."""
-    schedule = get_schedule(schedule)
-    t = sample_times(x0.shape[0], generator=generator, antithetic=antithetic, device=x0.device)  # (B,)
-    nelbo, masked_frac = _masked_draw(model, x0, t, schedule, mask_id, generator)
-    return LossOutput(loss=nelbo.mean() / x0.shape[1], metrics={"masked_frac": masked_frac.item()})
+class MDLM(Objective):
+    """Masked diffusion (MDLM / LLaDA) with the SUBS parameterisation; ``nll`` is ``masked_nelbo``."""
 
+    name = "mdlm"
+    samplers = ("confidence", "ancestral")
 
-def mdlm_sequence_nll(model, x0, *, mask_id: int, schedule="loglinear", num_samples=1, generator=None, **_):
-    return masked_nelbo(model, x0, mask_id=mask_id, schedule=schedule, num_samples=num_samples, generator=generator)
+    @classmethod
+    def configure(cls, run_config) -> None:
+        get_schedule(run_config.train.schedule)  # an unknown name lists the valid ones
+
+    def loss(self, model, batch, generator) -> LossOutput:
+        """The NELBO of one draw per sequence, in nats per token."""
+        schedule = get_schedule(self.schedule)
+        t = sample_times(batch.shape[0], generator=generator, antithetic=self.antithetic, device=batch.device)
+        nelbo, masked_frac = _masked_draw(model, batch, t, schedule, self.mask_id, generator)
+        return LossOutput(loss=nelbo.mean() / batch.shape[1], metrics={"masked_frac": masked_frac.detach()})
+
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return masked_nelbo(model, x0, mask_id=self.mask_id, schedule=self.schedule, num_samples=num_samples,
+                            generator=generator)

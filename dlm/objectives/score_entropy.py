@@ -52,11 +52,11 @@ from dlm.errors import DlmError
 from dlm.noise import SCHEDULES, get_schedule, mask_tokens, sample_times, uniform_tokens
 from dlm.noise.graphs import absorb_shift, log_ratios
 from dlm.noise.schedules import Schedule
-from dlm.objectives.base import LossOutput
+from dlm.objectives.base import LossOutput, Objective, monte_carlo
 from dlm.registry import Registry
 
 
-def _absorb_entropy(log_s, xt, x0, alpha, *, mask_id, **_) -> torch.Tensor:
+def _absorb_entropy(log_s, xt, x0, alpha, mask_id: int) -> torch.Tensor:
     """sum_{y != m} [s_y - r_y log s_y + K(r_y)] at masked positions, 0 elsewhere: [B, L]."""
     log_r = (alpha.log() - torch.log1p(-alpha)).to(log_s.dtype)[:, None]  # (B, 1) log(alpha / (1 - alpha))
     # y not in {m, x0}: r = 0, the bracket is s_y
@@ -68,8 +68,9 @@ def _absorb_entropy(log_s, xt, x0, alpha, *, mask_id, **_) -> torch.Tensor:
     return torch.where(xt == mask_id, bracket, torch.zeros_like(bracket))
 
 
-def _uniform_entropy(log_s, xt, x0, alpha, **_) -> torch.Tensor:
-    """sum_{y != xt^l} (1 / N) [s_y - r_y log s_y + K(r_y)] at every position: [B, L]."""
+def _uniform_entropy(log_s, xt, x0, alpha, mask_id: int) -> torch.Tensor:
+    """sum_{y != xt^l} (1 / N) [s_y - r_y log s_y + K(r_y)] at every position: [B, L] (``mask_id`` is unused: the
+    uniform graph has no mask)."""
     N = log_s.shape[-1]
     log_rho = (torch.log1p(-alpha) - torch.log1p((N - 1) * alpha)).to(log_s.dtype)[:, None]  # (B, 1)
     clean = xt == x0  # (B, L)
@@ -95,7 +96,7 @@ class Graph:
 
     corrupt: Callable[..., torch.Tensor]  # (x0, t, schedule, *, mask_id, vocab_size, generator) -> xt
     shift: Callable[[torch.Tensor, int], torch.Tensor] | None  # (sigma_bar [B], V) -> [B], subtracted from logits
-    entropy: Callable[..., torch.Tensor]  # (log_s, xt, x0, alpha [B] float64, *, mask_id) -> [B, L]
+    entropy: Callable[..., torch.Tensor]  # (log_s, xt, x0, alpha [B] float64, mask_id) -> [B, L]
     prior: Callable[[float, int], float]  # (alpha(1), V) -> nats per position
 
 
@@ -128,7 +129,7 @@ def _draw(model, x0, t, schedule: Schedule, graph: str, mask_id: int, vocab_size
     td = t.double()
     alpha = schedule.alpha(td)  # (B,)
     sigma = (-schedule.dalpha(td) / alpha).to(log_s.dtype)  # (B,)
-    integrand = sigma * g.entropy(log_s, xt, x0, alpha, mask_id=mask_id).sum(-1)  # (B,)
+    integrand = sigma * g.entropy(log_s, xt, x0, alpha, mask_id).sum(-1)  # (B,)
     return integrand, (xt != x0).float().mean()
 
 
@@ -156,61 +157,70 @@ def score_entropy_nelbo(
     ``model(xt: LongTensor[B, L], t: FloatTensor[B]) -> logits [B, L, V]`` can be any callable; its logits are read
     through ``log_ratios``. ``vocab_size`` (= V) is required for the uniform graph, whose noise draws from it.
     """
-    if num_samples < 1:
-        raise DlmError(f"num_samples must be at least 1, got {num_samples}")
     schedule = get_schedule(schedule)
-    B, L = x0.shape
-    t_all = sample_times(
-        num_samples * B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device
-    ).view(num_samples, B)  # row s: the s-th draw of every sequence
-    total = torch.zeros(B, dtype=torch.float64, device=x0.device)
-    for s in range(num_samples):
-        total += _draw(model, x0, t_all[s], schedule, graph, mask_id, vocab_size, generator)[0].double()
-    return (1.0 - t_min) * total / num_samples + _prior(graph, schedule, L, vocab_size)
+    mean = monte_carlo(
+        lambda t: _draw(model, x0, t, schedule, graph, mask_id, vocab_size, generator)[0],
+        lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
+        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device, dtype=torch.float64,
+    )
+    return (1.0 - t_min) * mean + _prior(graph, schedule, x0.shape[1], vocab_size)
 
 
-def sedd_loss(
+def score_entropy_loss(
     model,
     x0: torch.Tensor,
     *,
-    graph: str = "absorb",
+    graph: str,
     mask_id: int,
-    vocab_size: int | None = None,
-    schedule: str | Schedule = "loglinear",
-    generator: torch.Generator | None = None,
+    vocab_size: int | None,
+    schedule: str | Schedule,
+    generator: torch.Generator | None,
     antithetic: bool = True,
     t_min: float = 1e-3,
-    **_,
 ) -> LossOutput:
-    """Training loss: the NELBO of one draw per sequence, in nats per token (float32)."""
+    """Training loss of SEDD (and UDLM's mean ratios): the NELBO of one draw per sequence, in nats per token
+    (float32); metric ``noised_frac``."""
     schedule = get_schedule(schedule)
     B, L = x0.shape
     t = sample_times(B, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device)  # (B,)
     integrand, noised = _draw(model, x0, t, schedule, graph, mask_id, vocab_size, generator)
     nelbo = (1.0 - t_min) * integrand.float() + _prior(graph, schedule, L, vocab_size)  # (B,)
-    return LossOutput(loss=nelbo.mean() / L, metrics={"noised_frac": noised.item()})
+    return LossOutput(loss=nelbo.mean() / L, metrics={"noised_frac": noised.detach()})
 
 
-def sedd_sequence_nll(model, x0, *, mask_id: int, graph="absorb", vocab_size=None, schedule="loglinear",
-                      num_samples=1, generator=None, **_):
-    return score_entropy_nelbo(model, x0, graph=graph, mask_id=mask_id, vocab_size=vocab_size, schedule=schedule,
-                               num_samples=num_samples, generator=generator)
+class SEDD(Objective):
+    """Score entropy discrete diffusion on the ``absorb`` or ``uniform`` graph; ``nll`` is ``score_entropy_nelbo``."""
 
+    name = "sedd"
+    samplers = ("sedd-analytic", "sedd-euler")
 
-def configure_sedd(cfg) -> None:
-    """Fit a ``RunConfig`` to SEDD before the model is built: a known graph, the log-linear schedule, and time
-    conditioning for the uniform graph (its ratios depend on t; the absorbing graph's scaling makes t optional)."""
-    GRAPHS.get(cfg.train.graph)
-    if cfg.train.schedule != "loglinear":
-        known = cfg.train.schedule in SCHEDULES
-        raise DlmError(
-            f"--objective sedd uses the loglinear schedule (SEDD's log-linear total noise), not "
-            f"{cfg.train.schedule!r}{'' if known else ' (unknown)'}; drop --schedule"
-        )
-    if cfg.train.graph == "uniform":
-        cfg.model.time_conditioning = True
+    @dataclass(frozen=True)
+    class Config:
+        graph: str = "absorb"  # absorb (masking) or uniform, see GRAPHS
 
+        def __post_init__(self):
+            GRAPHS.get(self.graph)  # an unknown name lists the valid ones
 
-def sedd_options(cfg) -> dict:
-    """The run config's settings that the SEDD loss and bound take: the graph and the vocabulary size."""
-    return {"graph": cfg.train.graph, "vocab_size": cfg.model.vocab_size}
+    @classmethod
+    def configure(cls, run_config) -> None:
+        """The log-linear schedule, and time conditioning for the uniform graph (its ratios depend on t; the
+        absorbing graph's scaling makes t optional)."""
+        schedule = run_config.train.schedule
+        if schedule != "loglinear":
+            known = schedule in SCHEDULES
+            raise DlmError(
+                f"--objective sedd uses the loglinear schedule (SEDD's log-linear total noise), not "
+                f"{schedule!r}{'' if known else ' (unknown)'}; drop --schedule"
+            )
+        if run_config.objective_config().graph == "uniform":
+            run_config.model.time_conditioning = True
+
+    def loss(self, model, batch, generator) -> LossOutput:
+        return score_entropy_loss(model, batch, graph=self.config.graph, mask_id=self.mask_id,
+                                  vocab_size=self.vocab_size, schedule=self.schedule, generator=generator,
+                                  antithetic=self.antithetic)
+
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return score_entropy_nelbo(model, x0, graph=self.config.graph, mask_id=self.mask_id,
+                                   vocab_size=self.vocab_size, schedule=self.schedule, num_samples=num_samples,
+                                   generator=generator)

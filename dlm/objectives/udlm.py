@@ -22,13 +22,14 @@ ancestral step p(z_s = y | z_t) proportional to (alpha_{t|s} [y = z_t] + (1 - al
 
 from __future__ import annotations
 
+
 import torch
 
 from dlm.noise import get_schedule
 from dlm.noise.schedules import Schedule
 from dlm.noise.uniform import mean_log_ratios
-from dlm.objectives.base import LossOutput
-from dlm.objectives.score_entropy import score_entropy_nelbo, sedd_loss
+from dlm.objectives.base import LossOutput, Objective
+from dlm.objectives.score_entropy import score_entropy_loss, score_entropy_nelbo
 
 
 class MeanRatios:
@@ -62,37 +63,25 @@ def udlm_nelbo(
                                generator=generator, antithetic=antithetic, t_min=t_min)
 
 
-def udlm_loss(
-    model,
-    x0: torch.Tensor,
-    *,
-    mask_id: int,
-    vocab_size: int,
-    schedule: str | Schedule = "loglinear",
-    generator: torch.Generator | None = None,
-    antithetic: bool = True,
-    t_min: float = 1e-3,
-    **_,
-) -> LossOutput:
-    """Training loss: the NELBO of one draw per sequence, in nats per token (``sedd_loss`` on the mean ratios)."""
-    return sedd_loss(MeanRatios(model, schedule, mask_id), x0, graph="uniform", mask_id=mask_id,
-                     vocab_size=vocab_size, schedule=schedule, generator=generator, antithetic=antithetic,
-                     t_min=t_min)
+class UDLM(Objective):
+    """Uniform-state diffusion with the mean parameterisation; ``nll`` is ``udlm_nelbo``."""
 
+    name = "udlm"
+    samplers = ("udlm",)
 
-def udlm_sequence_nll(model, x0, *, mask_id: int, vocab_size: int, schedule="loglinear", num_samples=1,
-                      generator=None, **_) -> torch.Tensor:
-    return udlm_nelbo(model, x0, mask_id=mask_id, vocab_size=vocab_size, schedule=schedule,
-                      num_samples=num_samples, generator=generator)
+    @classmethod
+    def configure(cls, run_config) -> None:
+        """A known schedule and a time-conditioned model (the noise level of a uniformly noised sequence cannot be
+        read off it)."""
+        get_schedule(run_config.train.schedule)  # an unknown name lists the valid ones
+        run_config.model.time_conditioning = True
 
+    def loss(self, model, batch, generator) -> LossOutput:
+        """The NELBO of one draw per sequence, in nats per token: SEDD's loss on the mean ratios."""
+        return score_entropy_loss(MeanRatios(model, self.schedule, self.mask_id), batch, graph="uniform",
+                                  mask_id=self.mask_id, vocab_size=self.vocab_size, schedule=self.schedule,
+                                  generator=generator, antithetic=self.antithetic)
 
-def udlm_options(cfg) -> dict:
-    """The run config's settings the UDLM loss and bound take: the number of ids the noise draws from."""
-    return {"vocab_size": cfg.model.vocab_size}
-
-
-def configure_udlm(cfg) -> None:
-    """Fit a ``RunConfig`` to UDLM before the model is built: a known schedule and a time-conditioned model (the
-    noise level of a uniformly noised sequence cannot be read off it)."""
-    get_schedule(cfg.train.schedule)  # an unknown name lists the valid ones
-    cfg.model.time_conditioning = True
+    def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
+        return udlm_nelbo(model, x0, mask_id=self.mask_id, vocab_size=self.vocab_size, schedule=self.schedule,
+                          num_samples=num_samples, generator=generator)

@@ -57,12 +57,8 @@ def model_facts(run_config, tokenizer=None) -> dict:
     """What a trained model tells every sampler config (the fields marked ``MODEL``): its schedule, time
     conditioning, vocabulary and objective settings (SEDD graph, BD3-LM block size, Eso-LM alpha0 and variant)."""
     cfg = run_config
-    options = cfg.objective_config() if hasattr(cfg, "objective_config") else None
-
-    def option(name, default):
-        if options is not None:
-            return getattr(options, name, default)
-        return getattr(cfg.train, name, default)
+    options = cfg.objective_config()  # the objective's Config: graph, block_size, alpha0, variant, ...
+    option = lambda name, default: getattr(options, name, default)  # noqa: E731
 
     return dict(
         schedule=cfg.train.schedule, time_conditioned=cfg.model.time_conditioning, vocab_size=cfg.model.vocab_size,

@@ -85,6 +85,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: l
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
         state.setdefault(int(idx), {})[key] = value
+    # the saved hyper-parameters, but this machine's implementation (fused on CUDA, foreach elsewhere)
+    impl = ("foreach", "fused")
+    param_groups = [{**saved, **{k: now[k] for k in impl if k in now}}
+                    for saved, now in zip(param_groups, optimizer.param_groups)]
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 

@@ -6,6 +6,10 @@
 One step = ``grad_accum`` micro-batches of ``batch_size`` sequences per process. The noise generator is reseeded
 from (seed, step, micro-batch, rank) at every micro-batch and the data order is a function of (seed, epoch), so a
 run resumed from a checkpoint reproduces the uninterrupted run bit for bit (on the same machine and settings).
+
+A step never waits for the device: the losses, metrics and grad norm stay tensors until a log step
+(``train.log_every``) turns them into floats, and under DDP the ranks agree on the time limit only there (one
+all-reduce per log step), so a run that hits ``--time-limit`` stops at the next log step, on every rank together.
 """
 
 from __future__ import annotations
@@ -112,9 +116,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
         cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
         tc = cfg.train
-    objective = OBJECTIVES.get(tc.objective)
-    if objective.configure is not None:
-        objective.configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, an embedding width
+    OBJECTIVES.get(tc.objective).configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, ...
     precision = resolve_precision(tc.precision, info.device)
     autocast = autocast_for(precision, info.device)
     torch.manual_seed(tc.seed)
@@ -123,6 +125,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     tokenizer = load_tokenizer(saved / "tokenizer.json") if saved else None
     tokenizer, train_set, val_set = load_packed(cfg.data, tokenizer)
     cfg.model.vocab_size = tokenizer.vocab_size
+    objective = OBJECTIVES.build(cfg, tokenizer)  # its options from cfg.objective, the special ids from tokenizer
     cfg.model.causal = objective.causal
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
     loader = SequenceLoader(train_set, seed=tc.seed)
@@ -177,9 +180,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     def validate() -> float:
         """Validation bound / NLL on the first eval_sequences sequences, logged to metrics.jsonl."""
         val = evaluate(
-            ema if ema is not None else model, objective, val_set, tokenizer, schedule=tc.schedule,
-            num_samples=1, seed=tc.seed, max_sequences=tc.eval_sequences, batch_size=tc.batch_size,
-            dist_info=info, autocast=autocast, options=objective.kwargs_from(cfg),
+            ema if ema is not None else model, objective, val_set, tokenizer, num_samples=1, seed=tc.seed,
+            max_sequences=tc.eval_sequences, batch_size=tc.batch_size, dist_info=info, autocast=autocast,
         )["nats_per_token"]
         log.write({"step": step, "val_nats_per_token": val})
         return val
@@ -189,7 +191,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                desc="train", unit="step")
     generator = torch.Generator(device=info.device)
     tokens_per_step = tc.batch_size * tc.grad_accum * info.world_size * cfg.data.seq_len
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    # the losses stay on the device until a log step: no host sync per step
+    window_loss, window_steps, window_start = torch.zeros((), device=info.device), 0, time.perf_counter()
     record: dict = {}
     model.train()
     while step < end:
@@ -197,21 +200,18 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         lr = lr_at(step, tc)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=info.device)
         for micro in range(tc.grad_accum):
             # 1. data: this process's share of the global micro-batch
             x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
-            # 2-4. noise process, model, objective (inside the objective function)
+            # 2-4. noise process, model, objective (inside the objective)
             generator.manual_seed(step_seed(tc.seed, step, micro, info.rank))
             sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
             with sync:
                 with autocast():
-                    out = objective.loss(
-                        forward, x0, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id, schedule=tc.schedule,
-                        generator=generator, antithetic=tc.antithetic, **objective.kwargs_from(cfg),
-                    )
+                    out = objective.loss(forward, x0, generator)
                 (out.loss / tc.grad_accum).backward()
-            step_loss += out.loss.item() / tc.grad_accum
+            step_loss += out.loss.detach() / tc.grad_accum
         # 5. optimiser step
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
         optimizer.step()
@@ -225,24 +225,28 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         elapsed += time.perf_counter() - t0
         window_loss, window_steps = window_loss + step_loss, window_steps + 1
 
-        if step % tc.log_every == 0 or step == end:
+        logged = step % tc.log_every == 0 or step == end
+        if logged:  # the one host sync of the window: the loss, the grad norm and the metrics become floats
+            loss = window_loss.item() / window_steps  # waits for the device, so the window's time is all in
             window_time = time.perf_counter() - window_start
             record = {
-                "step": step, "loss": window_loss / window_steps, "lr": lr,
+                "step": step, "loss": loss, "lr": lr,
                 "tokens_per_sec": window_steps * tokens_per_step / window_time, "tokens_seen": tokens_seen,
                 "elapsed_seconds": round(elapsed, 3),
             }
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
-            record.update(out.metrics)
+            record.update({name: float(value) for name, value in out.metrics.items()})
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            window_loss, window_steps, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
         bar.update(1)
-        out_of_time = tc.time_limit_minutes > 0 and elapsed > 60 * tc.time_limit_minutes
-        if info.enabled:  # every rank must stop at the same step, or their collectives would not match
-            flag = torch.tensor(float(out_of_time), device=info.device)
-            out_of_time = bool(all_reduce_max(flag, info).item())
+        out_of_time = False
+        if tc.time_limit_minutes > 0 and (logged or not info.enabled):
+            out_of_time = elapsed > 60 * tc.time_limit_minutes
+            if info.enabled:  # every rank must stop at the same step: they agree at log steps, not every step
+                flag = torch.tensor(float(out_of_time), device=info.device)
+                out_of_time = bool(all_reduce_max(flag, info).item())
         if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
             val = validate()
             if info.is_main:
