@@ -1,0 +1,99 @@
+"""``dlm train``: train a model from a preset, an objective and data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dlm.cli.app import app
+from dlm.errors import DlmError
+
+
+@app.command()
+def train(
+    preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
+    objective: str = typer.Option(
+        "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
+        "udlm (uniform-state diffusion), diffusion-lm (embeddings), bd3lm (block diffusion), esolm (diffusion then "
+        "AR, Eso-LM)."
+    ),
+    block_size: Optional[int] = typer.Option(
+        None, "--block-size", help="bd3lm: tokens per block, a divisor of the sequence length (default 16)."
+    ),
+    graph: Optional[str] = typer.Option(
+        None, help="sedd only: the noise graph, absorb (masking; default) or uniform."
+    ),
+    alpha0: Optional[float] = typer.Option(
+        None, "--alpha0", help="esolm: expected fraction of tokens made by diffusion, in [0, 1] (1 = masked "
+        "diffusion, 0 = autoregressive; default 1)."
+    ),
+    variant: Optional[str] = typer.Option(
+        None, "--variant", help="esolm: attention variant, A (clean tokens attend both ways; better likelihood) or "
+        "B (causal in a random order; KV cache in both sampling phases; default)."
+    ),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
+    out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, data order and noise."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint (bit-exact on CPU)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if OUT holds a checkpoint."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start, faster steps)."),
+    data: str = typer.Option("austen", help="'austen' (bundled), a .txt file or folder, or hf:NAME[:CONFIG]."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (preset default)."),
+    precision: str = typer.Option("auto", help="fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)."),
+    schedule: Optional[str] = typer.Option(
+        None, help="Schedule: linear, loglinear (default), cosine; diffusion-lm: vp-sqrt (default), vp-cosine, ..."
+    ),
+    tokenizer: Optional[str] = typer.Option(None, help="A tokenizer.json to use instead of training a BPE."),
+    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and checkpoint) after this many minutes."),
+    eval_every: int = typer.Option(0, help="Validate every N steps (0: only at the end)."),
+    save_every: int = typer.Option(0, help="Checkpoint every N steps (0: only at the end)."),
+    set_: Optional[List[str]] = typer.Option(
+        None, "--set", help="Override any config field: --set model.d_model=256 --set train.ema=0.999; the "
+        "objective's options: --set objective.block_size=8 (--graph, --block-size, --alpha0, --variant: shorthands)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a model. Example: dlm train --preset tiny --objective mdlm --max-steps 40 --out runs/tiny"""
+    from dlm.config import apply_overrides
+    from dlm.objectives import OBJECTIVES
+    from dlm.presets import preset_config
+    from dlm.train.loop import train as run_training
+
+    cfg = preset_config(preset)
+    schedule = schedule or OBJECTIVES.get(objective).default_schedule
+    cfg.train.objective, cfg.train.max_steps, cfg.train.seed = objective, max_steps, seed
+    cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
+    cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
+    cfg.data.name, cfg.data.tokenizer = data, tokenizer
+    if batch_size is not None:
+        cfg.train.batch_size = batch_size
+    if lr is not None:
+        cfg.train.lr = lr
+    _set_objective_options(cfg, graph=graph, block_size=block_size, alpha0=alpha0, variant=variant)
+    apply_overrides(cfg, set_ or [])
+    if max_steps <= 0:
+        raise DlmError("--max-steps must be positive")
+    run_training(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
+
+
+def _set_objective_options(cfg, **shorthands) -> None:
+    """``--graph`` etc.: shorthands for ``--set objective.graph=...``; given to an objective that does not take
+    them, a one-line error that names the objectives that do."""
+    from dataclasses import fields
+
+    from dlm.objectives import OBJECTIVES
+
+    def takes(name: str, key: str) -> bool:
+        return key in {f.name for f in fields(OBJECTIVES.get(name).Config)}
+
+    for key, value in shorthands.items():
+        if value is None:
+            continue
+        if not takes(cfg.train.objective, key):
+            owners = " or ".join(n for n in OBJECTIVES if takes(n, key))
+            raise DlmError(f"--{key.replace('_', '-')} {value} applies to --objective {owners} only "
+                           f"(got {cfg.train.objective})")
+        cfg.objective[key] = value
