@@ -29,6 +29,10 @@ def test_train_eval_sample_ar(tmp_path):
     out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 12, "--seed", 3).stdout
     assert out.startswith("--- sample 0 ---\nEmma was")
     assert out == dlm("sample", run, "--prompt", "Emma was", "--gen-length", 12, "--seed", 3).stdout
+    proc = dlm("sample", run, "--gen-length", 12, "--steps", 4, check=False)  # AR has no denoising steps
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: --steps does not apply to the ar sampler; it takes: --temperature, --top-k, " \
+                          "--top-p, --cache\n"
 
 
 def test_eval_and_sample_mdlm(tiny_mdlm_run):
@@ -69,15 +73,18 @@ def test_sample_batches_prompts_of_any_length_without_changing_a_sample(tiny_mdl
         (["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "model.width=3"], "unknown config key 'model.width'"),
         (["eval", "{tmp}/missing"], "no checkpoint found"),
         (["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "model.n_heads=5"], "must split into 5 heads"),
-        (["sample", "{run}", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["sample", "{run}", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
         (["eval", "{run}", "--max-sequences", "0"], "must be positive"),
         (["train", "--preset", "tiny", "--out", "{run}"], "already holds a checkpoint; pass --resume"),
         (["sample", "{run}", "--sampler", "ar"], "does not apply to a model trained with --objective mdlm"),
         (["sample", "{run}", "--gen-length", "100"], "exceeds the model's context of 64 tokens"),
         (["sample", "{run}", "--sampler", "beam"], "unknown sampler 'beam'"),
         (["sample", "{run}", "--gen-length", "16", "--block-length", "5"], "divisible by block_length"),
-        (["sample", "{run}", "--cache", "lru"], "unknown cache 'lru'; choose one of: none, prefix, dual"),
-        (["sample", "{run}", "--sampler", "ancestral", "--cache", "dual"], "applies to the confidence sampler only"),
+        (["sample", "{run}", "--cache", "lru"], "unknown cache 'lru' for the confidence sampler; choose one of: none, "
+                                                "prefix, dual"),
+        (["sample", "{run}", "--sampler", "ancestral", "--cache", "dual"],
+         "--cache does not apply to the ancestral sampler; it takes: --steps, --temperature, --top-k, --top-p"),
+        (["sample", "{run}", "--steps", "16", "--refresh-every", "0"], "refresh_every must be a positive integer"),
         (["sample", "{run}", "--prompt-file", "{tmp}/none.txt"], "cannot read --prompt-file"),
     ],
 )
@@ -87,3 +94,17 @@ def test_bad_input_gets_a_one_line_error(args, message, tmp_path, tiny_mdlm_run)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr
+
+
+def test_sample_rejects_an_option_the_sampler_does_not_take(tiny_mdlm_run):
+    """Sampler flags default to "not given": one that does not apply (here Fast-dLLM's threshold with MDLM's
+    ancestral sampler) is a one-line error instead of being ignored, and nothing is generated."""
+    proc = dlm("sample", tiny_mdlm_run, "--sampler", "ancestral", "--threshold", 0.9, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert [line for line in lines if "error:" in line] == lines
+    assert "--threshold does not apply to the ancestral sampler" in lines[0]
+    # the same option is fine with the sampler that takes it
+    out = dlm("sample", tiny_mdlm_run, "--sampler", "confidence", "--threshold", 0.9, "--gen-length", 8).stdout
+    assert out.startswith("--- sample 0 ---")

@@ -5,8 +5,8 @@ import torch
 
 from dlm.config import ModelConfig
 from dlm.models import Transformer
-from dlm.samplers import ancestral_generate, ar_generate, confidence_generate, left_pad
 from dlm.noise.categorical import gumbel_noise, uniform
+from helpers import left_pad, sample
 
 V, MASK, EOS, PAD = 40, 39, 0, 38
 
@@ -35,10 +35,10 @@ def test_cache_refreshed_every_step_equals_no_cache(cache, threshold):
     prompt = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
     kw = dict(mask_id=MASK, gen_length=16, steps=16, block_length=4, temperature=1.0, threshold=threshold,
               cfg_scale=0.5)
-    ref = confidence_generate(model, prompt, **kw, generator=torch.Generator().manual_seed(1))
-    out = confidence_generate(model, prompt, **kw, cache=cache, refresh_every=1,
-                              generator=torch.Generator().manual_seed(1))
-    assert torch.equal(out, ref)
+    ref = sample("confidence", model, prompt, **kw, generator=torch.Generator().manual_seed(1))
+    out = sample("confidence", model, prompt, **kw, cache=cache, refresh_every=1,
+                 generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out.tokens, ref.tokens) and out.nfe == ref.nfe
 
 
 def test_cache_reuses_stale_keys_between_refreshes():
@@ -52,10 +52,10 @@ def test_cache_reuses_stale_keys_between_refreshes():
         return model(x, **kw)
 
     kw = dict(mask_id=MASK, gen_length=16, steps=16, block_length=8)
-    confidence_generate(counting, prompt, **kw, cache="dual")
+    sample("confidence", counting, prompt, **kw, cache="dual")
     assert calls == [20] + [8] * 7 + [20] + [8] * 7  # whole canvas at each block start, the block otherwise
     calls.clear()
-    confidence_generate(counting, prompt, **kw, cache="prefix")
+    sample("confidence", counting, prompt, **kw, cache="prefix")
     assert calls == [20] + [16] * 7 + [20] + [8] * 7  # the block and all after it
 
 
@@ -66,9 +66,9 @@ def test_cache_agreement_on_a_trained_tiny_model(tiny_mdlm_run):
     model, tok, _ = dlm.load(tiny_mdlm_run)
     prompt = torch.tensor([tok.encode("Anne was")] * 4)
     kw = dict(mask_id=tok.mask_id, gen_length=32, steps=32, block_length=8)
-    ref = confidence_generate(model, prompt, **kw)
+    ref = sample("confidence", model, prompt, **kw).tokens
     for cache in ("prefix", "dual"):
-        out = confidence_generate(model, prompt, **kw, cache=cache)
+        out = sample("confidence", model, prompt, **kw, cache=cache).tokens
         agreement = (out == ref)[:, prompt.shape[1]:].double().mean().item()
         assert agreement >= 0.6, (cache, agreement)
         assert not (out == tok.mask_id).any()
@@ -90,7 +90,7 @@ def batch_vs_one_by_one(generate, prompts, seeds, **kw):
     [
         dict(temperature=1.0, steps=16, block_length=4),
         dict(temperature=0.7, steps=8, block_length=8, remasking="random", cfg_scale=1.0),
-        dict(temperature=1.0, threshold=0.3, block_length=4, cache="dual", eos_id=EOS),
+        dict(temperature=1.0, threshold=0.3, block_length=4, cache="dual", eos_id=EOS, stop_at_eos=True),
         dict(temperature=0.0, steps=16, block_length=8, cache="prefix"),
     ],
 )
@@ -98,18 +98,18 @@ def test_confidence_batched_equals_one_by_one(options):
     model = random_transformer()
 
     def generate(prompt, **kw):
-        return confidence_generate(model, prompt, mask_id=MASK, gen_length=16, **options, **kw)
+        return sample("confidence", model, prompt, mask_id=MASK, gen_length=16, pad_id=PAD, **options, **kw).tokens
 
     batch_vs_one_by_one(generate, PROMPTS, [3, 4, 5, 6])
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_ar_batched_equals_one_by_one(use_cache):
+@pytest.mark.parametrize("cache", ["kv", "none"])
+def test_ar_batched_equals_one_by_one(cache):
     model = random_transformer(causal=True)
 
     def generate(prompt, **kw):
-        return ar_generate(model, prompt, eos_id=EOS, gen_length=12, temperature=1.0, use_cache=use_cache,
-                           stop_at_eos=True, **kw)
+        return sample("ar", model, prompt, mask_id=MASK, eos_id=EOS, pad_id=PAD, gen_length=12, temperature=1.0,
+                      cache=cache, stop_at_eos=True, **kw).tokens
 
     batch_vs_one_by_one(generate, PROMPTS, [7, 8, 9, 10])
 
@@ -118,7 +118,8 @@ def test_ancestral_batched_equals_one_by_one():
     model = random_transformer()
 
     def generate(prompt, **kw):
-        return ancestral_generate(model, prompt, mask_id=MASK, gen_length=12, steps=12, eos_id=EOS, **kw)[0]
+        return sample("ancestral", model, prompt, mask_id=MASK, gen_length=12, steps=12, eos_id=EOS, pad_id=PAD,
+                      stop_at_eos=True, **kw).tokens
 
     batch_vs_one_by_one(generate, PROMPTS, [11, 12, 13, 14])
 
@@ -136,14 +137,18 @@ def eos_model(eos_from: int):
 
 
 def test_eos_ends_generation_with_its_block():
-    history = []
-    out = confidence_generate(eos_model(eos_from=2 + 6), torch.tensor([[1, 2]]), mask_id=MASK, gen_length=32,
-                              steps=32, block_length=8, eos_id=EOS, history=history)
-    assert len(history) == 8  # the first block holds EOS: the three other blocks are never run
+    res = sample("confidence", eos_model(eos_from=2 + 6), torch.tensor([[1, 2]]), mask_id=MASK, gen_length=32,
+                 steps=32, block_length=8, eos_id=EOS, stop_at_eos=True, history=True)
+    out, history = res.tokens, res.history[0]
+    # Equal confidences commit left to right, one per step: 3 x 6, then the EOS at column 8 ends the sample (every
+    # column before it committed) after 7 steps; the rest of the first block and the three other blocks never run.
+    assert len(history) == res.nfe == 7
+    assert (history[-1][9:] == MASK).all()
     assert out[0, 2:8].tolist() == [3] * 6 and (out[0, 8:] == EOS).all()
-    full = confidence_generate(eos_model(eos_from=8), torch.tensor([[1, 2]]), mask_id=MASK, gen_length=32, steps=32,
-                               block_length=8)
-    assert (full == MASK).sum() == 0 and (full[0, 8:] == EOS).all()  # without eos_id every block runs
+    full = sample("confidence", eos_model(eos_from=8), torch.tensor([[1, 2]]), mask_id=MASK, gen_length=32, steps=32,
+                  block_length=8, eos_id=EOS, history=True)
+    assert (full.tokens == MASK).sum() == 0 and (full.tokens[0, 8:] == EOS).all()  # no stop_at_eos: every block runs
+    assert len(full.history[0]) == full.nfe == 32
 
 
 def test_ar_stops_at_eos():
@@ -153,10 +158,9 @@ def test_ar_stops_at_eos():
         logits[:, 3:, EOS] = 20.0
         return logits
 
-    history = []
-    out = ar_generate(model, torch.tensor([[1]]), eos_id=EOS, gen_length=10, temperature=0.0, use_cache=False,
-                      stop_at_eos=True, history=history)
-    assert out[0].tolist() == [1, 3, 3, EOS] + [EOS] * 7 and len(history) == 3
+    res = sample("ar", model, torch.tensor([[1]]), mask_id=MASK, eos_id=EOS, gen_length=10, temperature=0.0,
+                 cache="none", stop_at_eos=True, history=True)
+    assert res.tokens[0].tolist() == [1, 3, 3, EOS] + [EOS] * 7 and len(res.history[0]) == res.nfe == 3
 
 
 def test_per_row_draws_are_float64_and_independent_of_the_batch():

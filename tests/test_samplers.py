@@ -7,15 +7,9 @@ import dlm
 from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.models import Transformer
-from dlm.samplers import (
-    ancestral_generate,
-    ar_generate,
-    confidence_generate,
-    gumbel_noise,
-    num_transfer_tokens,
-    sample_categorical,
-)
+from dlm.samplers import gumbel_noise, num_transfer_tokens, sample_categorical
 from dlm.noise.categorical import filter_logits
+from helpers import sample
 
 V, MASK = 12, 11
 
@@ -103,11 +97,13 @@ def test_num_transfer_tokens():
 def test_confidence_commit_counts_block_order_and_frozen_tokens():
     model = random_model(3)
     prompt = torch.tensor([[4, 5], [6, 7]])
-    history = []
     gen, steps, block = 12, 9, 4  # 3 blocks, 3 steps each, 4 masks per block: commits 2, 1, 1
-    x = confidence_generate(model, prompt, mask_id=MASK, gen_length=gen, steps=steps, block_length=block,
-                            temperature=1.0, generator=torch.Generator().manual_seed(0), history=history)
-    assert len(history) == steps and torch.equal(history[-1], x)
+    out = sample("confidence", model, prompt, mask_id=MASK, gen_length=gen, steps=steps, block_length=block,
+                 temperature=1.0, generator=torch.Generator().manual_seed(0), history=True)
+    x = out.tokens
+    history = [torch.stack(states) for states in zip(*out.history)]  # step -> canvas [B, L]
+    assert all(len(row) == steps for row in out.history) and torch.equal(history[-1], x)
+    assert out.nfe == steps
     assert not (x == MASK).any()
     prev = torch.cat([prompt, torch.full((2, gen), MASK)], 1)
     expected = [2, 1, 1] * 3
@@ -134,7 +130,7 @@ def test_cfg_combines_conditional_and_unconditional_logits():
         return torch.where(prompt_hidden[:, None, None], u, c).expand(x.shape[0], x.shape[1], V).clone()
 
     x = dlm.generate(model, prompt, mask_id=MASK, gen_length=2, steps=1, block_length=2, cfg_scale=scale)
-    guided = u + (scale + 1) * (c - u)
+    guided = c + scale * (c - u)  # LLaDA's guidance: cond + s (cond - uncond)
     guided[MASK] = -np.inf
     assert x[0, 2:].tolist() == [guided.argmax().item()] * 2
     assert calls[0].shape[0] == 2 and torch.all(calls[0][1, :2] == MASK) and torch.equal(calls[0][0, :2], prompt[0])
@@ -178,11 +174,11 @@ def tiny_transformer(causal):
 def test_ar_with_kv_cache_equals_without(temperature):
     model = tiny_transformer(causal=True)
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    kw = dict(eos_id=10, gen_length=20, temperature=temperature)
-    a = ar_generate(model, prompt, use_cache=True, generator=torch.Generator().manual_seed(0), **kw)
-    b = ar_generate(model, prompt, use_cache=False, generator=torch.Generator().manual_seed(0), **kw)
-    assert a.shape == (2, 23) and torch.equal(a[:, :3], prompt)
-    assert torch.equal(a, b)
+    kw = dict(mask_id=MASK, eos_id=10, gen_length=20, temperature=temperature)
+    a = sample("ar", model, prompt, cache="kv", generator=torch.Generator().manual_seed(0), **kw)
+    b = sample("ar", model, prompt, cache="none", generator=torch.Generator().manual_seed(0), **kw)
+    assert a.tokens.shape == (2, 23) and torch.equal(a.tokens[:, :3], prompt)
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe == 20  # one call per token, prefill included
 
 
 def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
@@ -194,12 +190,13 @@ def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
         calls.append(1)
         return model(x, t)
 
-    history = []
-    x, nfe = ancestral_generate(counted, prompt, mask_id=MASK, gen_length=12, steps=50,
-                                generator=torch.Generator().manual_seed(0), history=history)
+    out = sample("ancestral", counted, prompt, mask_id=MASK, gen_length=12, steps=50,
+                 generator=torch.Generator().manual_seed(0), history=True)
+    x, nfe, history = out.tokens, out.nfe, out.history[0]
     assert not (x == MASK).any()
     assert x[0, [0, 1, 3]].tolist() == [1, 2, 4]
     assert nfe == len(calls) < 50, "the logits cache must skip calls when nothing changed"
+    assert torch.equal(history[-1], x[0])
     for prev, cur in zip(history, history[1:]):
         clean = prev != MASK
         assert torch.equal(cur[clean], prev[clean])
@@ -208,9 +205,9 @@ def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
 def test_ancestral_reveal_probability():
     """From t to s a masked token stays masked w.p. (1 - alpha(s)) / (1 - alpha(t)) (0.75 for 1 -> 0.75, loglinear)."""
     model = tiny_transformer(causal=False)
-    history = []
-    ancestral_generate(model, torch.zeros(200, 0, dtype=torch.long), mask_id=MASK, gen_length=50, steps=4,
-                       generator=torch.Generator().manual_seed(0), history=history)
+    out = sample("ancestral", model, torch.zeros(200, 0, dtype=torch.long), mask_id=MASK, gen_length=50, steps=4,
+                 generator=torch.Generator().manual_seed(0), history=True)
+    history = [torch.stack(states) for states in zip(*out.history)]  # step -> canvas [200, 50]
     still_masked = (history[0] == MASK).float().mean().item()
     assert still_masked == pytest.approx(0.75, abs=0.015)
     assert (history[1] == MASK).float().mean().item() == pytest.approx(0.5, abs=0.015)
@@ -221,25 +218,27 @@ def test_threshold_one_equals_one_commit_per_step(temperature, remasking):
     """--threshold 1.0 commits only the most confident token: the fixed-count sampler with steps = gen_length."""
     model, prompt = random_model(5), torch.tensor([[1, 2], [3, 4]])
     kw = dict(mask_id=MASK, gen_length=12, block_length=4, temperature=temperature, remasking=remasking)
-    fixed = confidence_generate(model, prompt, steps=12, generator=torch.Generator().manual_seed(2), **kw)
-    history = []
-    tau = confidence_generate(model, prompt, steps=None, threshold=1.0, history=history,
-                              generator=torch.Generator().manual_seed(2), **kw)
-    assert torch.equal(fixed, tau) and len(history) == 12
+    fixed = sample("confidence", model, prompt, steps=12, generator=torch.Generator().manual_seed(2), **kw)
+    tau = sample("confidence", model, prompt, steps=None, threshold=1.0, history=True,
+                 generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(fixed.tokens, tau.tokens) and all(len(row) == 12 for row in tau.history)
+    assert tau.nfe == fixed.nfe == 12
 
 
 def test_threshold_adapts_the_number_of_model_calls():
     model, prompt = random_model(6), torch.tensor([[1, 2]])
     calls = {}
-    for tau in (0.0, 0.5, 0.9, 1.0):
-        history = []
-        x = confidence_generate(model, prompt, mask_id=MASK, gen_length=16, steps=None, block_length=8,
-                                threshold=tau, history=history)
-        assert not (x == MASK).any()
-        calls[tau] = len(history)
-    assert calls[0.0] == 2  # everything in one call per block
+    for tau in (1e-6, 0.5, 0.9, 1.0):  # (0, 1]: a threshold of 0 is rejected, 1e-6 is below every confidence
+        out = sample("confidence", model, prompt, mask_id=MASK, gen_length=16, steps=None, block_length=8,
+                     threshold=tau, history=True)
+        assert not (out.tokens == MASK).any()
+        calls[tau] = len(out.history[0])
+        assert out.nfe == calls[tau]
+    assert calls[1e-6] == 2  # everything in one call per block
     assert calls[1.0] == 16
-    assert calls[0.0] <= calls[0.5] <= calls[0.9] <= calls[1.0]
+    assert calls[1e-6] <= calls[0.5] <= calls[0.9] <= calls[1.0]
+    with pytest.raises(DlmError, match="threshold must be in"):
+        sample("confidence", model, prompt, mask_id=MASK, gen_length=16, threshold=0.0)
 
 
 @pytest.mark.parametrize("remasking", ["margin", "entropy"])
@@ -258,10 +257,11 @@ def test_dream_orderings(remasking):
 def test_confidence_top_k_one_is_greedy_and_top_p_restricts():
     model, prompt = random_model(7), torch.tensor([[1, 2], [3, 4]])
     kw = dict(mask_id=MASK, gen_length=8, steps=8, block_length=4)
-    greedy = confidence_generate(model, prompt, temperature=0.0, **kw)
+    greedy = sample("confidence", model, prompt, temperature=0.0, **kw).tokens
+
     def hot(**extra):
-        return confidence_generate(model, prompt, temperature=2.0, generator=torch.Generator().manual_seed(0),
-                                   **kw, **extra)
+        return sample("confidence", model, prompt, temperature=2.0, generator=torch.Generator().manual_seed(0),
+                      **kw, **extra).tokens
 
     assert torch.equal(greedy, hot(top_k=1)) and torch.equal(greedy, hot(top_p=1e-9))
     assert not torch.equal(greedy, hot())

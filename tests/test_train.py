@@ -129,13 +129,15 @@ def test_lr_schedule():
 
 
 def test_time_conditioned_model_trains_and_samples(tmp_path):
-    from dlm.cli import sample_texts
-
     cfg = tiny(steps=5)
     cfg.model.time_conditioning = True
     train(cfg, tmp_path / "tc", progress=False)
     model, tok, cfg = dlm.load(tmp_path / "tc")
     assert cfg.model.time_conditioning
+    engine = dlm.Engine(model, tok, cfg)
     for sampler in ("confidence", "ancestral"):
-        (text,) = sample_texts(model, tok, cfg, ["Anne"], gen_length=8, steps=4, sampler=sampler)
-        assert text.startswith("Anne") and "░" not in text
+        _, config = engine.sampler_config(sampler, steps=4)
+        assert config.time_conditioned  # the model fact reaches the sampler
+        (result,) = engine.generate(["Anne"], sampler, gen_length=8, steps=4, stop_at_eos=False)
+        assert result.prompt == "Anne" and "░" not in result.text
+        assert len(result.tokens) == 8 and tok.mask_id not in result.tokens
