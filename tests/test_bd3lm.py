@@ -16,9 +16,9 @@ from dlm.objectives import (
     block_nelbo,
     masked_nelbo,
 )
-from dlm.samplers import SAMPLERS, SampleConfig, block_generate, left_pad
+from dlm.samplers import SAMPLERS
 from toy import ToyDistribution
-from helpers import dlm, sharp_transformer
+from helpers import dlm, left_pad, sample, sharp_transformer
 
 
 def exact_bd3(toy: ToyDistribution, block_size: int):
@@ -113,17 +113,15 @@ def test_training_clips_the_block_times_and_eval_does_not():
 def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len):
     model = sharp_transformer(seed)
     prompt = torch.randint(0, 30, (3, prompt_len), generator=torch.Generator().manual_seed(10 + seed))
-    kw = dict(mask_id=31, block_size=4, gen_length=10, steps_per_block=3, temperature=1.0)
-    cached, nfe_cached = block_generate(model, prompt, use_cache=True, generator=torch.Generator().manual_seed(seed),
-                                        **kw)
-    plain, nfe_plain = block_generate(model, prompt, use_cache=False, generator=torch.Generator().manual_seed(seed),
-                                      **kw)
-    assert torch.equal(cached, plain)
-    assert cached.shape == (3, prompt_len + 10) and torch.equal(cached[:, :prompt_len], prompt)
-    assert not (cached == 31).any()
     blocks = -(-(prompt_len + 10) // 4) - prompt_len // 4
+    kw = dict(mask_id=31, block_size=4, gen_length=10, steps=3 * blocks, temperature=1.0)  # 3 steps per block
+    cached = sample("block", model, prompt, cache="kv", generator=torch.Generator().manual_seed(seed), **kw)
+    plain = sample("block", model, prompt, cache="none", generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(cached.tokens, plain.tokens)
+    assert cached.tokens.shape == (3, prompt_len + 10) and torch.equal(cached.tokens[:, :prompt_len], prompt)
+    assert not (cached.tokens == 31).any()
     # the cache costs one call per finished block (the prompt's whole blocks: one call)
-    assert nfe_cached == nfe_plain + (blocks - 1) + (prompt_len >= 4)
+    assert cached.nfe == plain.nfe + (blocks - 1) + (prompt_len >= 4)
 
 
 def test_block_sampler_with_the_exact_model_draws_the_data_distribution():
@@ -137,9 +135,8 @@ def test_block_sampler_with_the_exact_model_draws_the_data_distribution():
         return toy.denoiser(canvas)[:, : x.shape[1]]
 
     N = 6000
-    out, _ = block_generate(model, torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, block_size=2,
-                            gen_length=4, steps_per_block=100, use_cache=False,
-                            generator=torch.Generator().manual_seed(0))
+    out = sample("block", model, torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, block_size=2,
+                 gen_length=4, steps=2 * 100, cache="none", generator=torch.Generator().manual_seed(0)).tokens
     freq = (out[:, None] == toy.seqs[None]).all(-1).double().mean(0)  # (16,)
     assert torch.all((freq - toy.p).abs() < 4 * (toy.p * (1 - toy.p) / N).sqrt() + 1e-3)
 
@@ -149,20 +146,19 @@ def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_sampl
     assert objective.is_bound and not objective.causal and objective.samplers == ("block",)
     model = sharp_transformer(3)
     tokens, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 5]], pad_id=30)
-    cfg = SampleConfig(gen_length=7, steps=6, temperature=1.0, stop_at_eos=True)
     run = SAMPLERS.get("block")
 
-    def sample(rows):
-        return run(model, tokens[rows], cfg, mask_id=31, eos_id=29, pad_id=30, prompt_mask=mask[rows],
-                   time_conditioned=False, generator=[torch.Generator().manual_seed(i) for i in rows], history=None,
-                   block_size=4)
+    def draw(rows):
+        return sample("block", model, tokens[rows], mask_id=31, gen_length=7, eos_id=29, pad_id=30,
+                      prompt_mask=mask[rows], generator=[torch.Generator().manual_seed(i) for i in rows],
+                      stop_at_eos=True, steps=6, temperature=1.0, block_size=4).tokens
 
-    together = sample([0, 1, 2])
+    together = draw([0, 1, 2])
     assert together.shape == (3, 12) and torch.equal(together[:, :5], tokens)
     for i in range(3):
-        assert torch.equal(sample([i]), together[i : i + 1])
-    with pytest.raises(DlmError, match="needs a block size"):
-        run(model, tokens, cfg, mask_id=31, eos_id=29, prompt_mask=mask, generator=None, history=None)
+        assert torch.equal(draw([i]), together[i : i + 1])
+    with pytest.raises(DlmError, match="needs a block size"):  # neither --block-length nor the model's block_size
+        run.make_config(dict(steps=6, temperature=1.0), dict(schedule="loglinear", block_size=None))
 
 
 def test_cli_train_eval_sample(tmp_path):

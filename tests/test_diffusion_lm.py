@@ -196,7 +196,8 @@ def test_every_sampler_returns_vocabulary_tokens_and_keeps_the_prompt(run, name)
     history = []
     out, nfe = diffusion_lm_generate(
         model, prompt, gen_length=10, steps=6, schedule=cfg.train.schedule, ode_sampler=name.removeprefix("embed-"),
-        exclude=(tokenizer.mask_id, tokenizer.pad_id), generator=torch.Generator().manual_seed(0), history=history,
+        exclude=(tokenizer.mask_id, tokenizer.pad_id), generator=torch.Generator().manual_seed(0),
+        on_step=lambda state: history.append(state.tokens.clone()),
     )
     assert out.shape == (2, prompt.shape[1] + 10) and torch.equal(out[:, : prompt.shape[1]], prompt)
     assert out.min() >= 0 and out.max() < tokenizer.vocab_size

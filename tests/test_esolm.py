@@ -20,9 +20,9 @@ from dlm.objectives import (
     masked_nelbo,
     random_ranks,
 )
-from dlm.samplers import SAMPLERS, SampleConfig, esolm_generate, left_pad
+from dlm.samplers import SAMPLERS
 from toy import ToyDistribution
-from helpers import dlm, sharp_transformer
+from helpers import dlm, left_pad, sample, sharp_transformer
 
 
 def oracle(toy: ToyDistribution, wrong: float = 0.0):
@@ -152,14 +152,15 @@ class Counter:
 def test_kv_cached_sampler_emits_the_tokens_of_the_uncached_one(seed, prompt_len, alpha0, variant):
     model = sharp_transformer(seed)
     prompt = torch.randint(0, 30, (2, prompt_len), generator=torch.Generator().manual_seed(10 + seed))
-    kw = dict(mask_id=31, alpha0=alpha0, variant=variant, gen_length=16, steps=4, temperature=1.0)
+    steps = 4 + round((1 - alpha0) * 16)  # 4 diffusion steps, then the sequential phase
+    kw = dict(mask_id=31, alpha0=alpha0, variant=variant, gen_length=16, steps=steps, temperature=1.0)
     runs = {}
-    for use_cache in (True, False):
+    for cache in ("kv", "none"):
         counter = Counter(model)
         gens = [torch.Generator().manual_seed(100 * seed + j) for j in range(2)]  # one per row
-        out, nfe = esolm_generate(counter, prompt, use_cache=use_cache, generator=gens, **kw)
-        runs[use_cache] = out, nfe, counter.positions
-    (cached, nfe_cached, cost_cached), (plain, nfe_plain, cost_plain) = runs[True], runs[False]
+        out = sample("esolm", counter, prompt, cache=cache, generator=gens, **kw)
+        runs[cache] = out.tokens, out.nfe, counter.positions
+    (cached, nfe_cached, cost_cached), (plain, nfe_plain, cost_plain) = runs["kv"], runs["none"]
     assert torch.equal(cached, plain)
     assert cached.shape == (2, prompt_len + 16) and torch.equal(cached[:, :prompt_len], prompt)
     assert not (cached == 31).any()
@@ -173,9 +174,9 @@ def test_sampler_with_the_exact_model_draws_the_data_distribution():
     independently), rare with 64 steps."""
     toy = ToyDistribution(V=2, L=4, seed=3)
     N = 4000
-    out, _ = esolm_generate(oracle(toy), torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, alpha0=0.5,
-                            variant="B", gen_length=4, steps=64, use_cache=False,
-                            generator=torch.Generator().manual_seed(0))
+    out = sample("esolm", oracle(toy), torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, alpha0=0.5,
+                 variant="B", gen_length=4, steps=64 + round(0.5 * 4), cache="none",
+                 generator=torch.Generator().manual_seed(0)).tokens  # 64 diffusion steps
     freq = (out[:, None] == toy.seqs[None]).all(-1).double().mean(0)  # (16,)
     assert torch.all((freq - toy.p).abs() < 4 * (toy.p * (1 - toy.p) / N).sqrt() + 1e-3)
 
@@ -183,15 +184,17 @@ def test_sampler_with_the_exact_model_draws_the_data_distribution():
 def test_history_eos_and_the_diffusion_share():
     model = sharp_transformer(1)
     prompt = torch.randint(0, 30, (8, 2), generator=torch.Generator().manual_seed(0))
-    history = []
-    out, nfe = esolm_generate(model, prompt, mask_id=31, alpha0=0.5, variant="B", gen_length=32, steps=8,
-                              generator=torch.Generator().manual_seed(0), history=history)
-    assert len(history) == nfe and torch.equal(history[-1], out)
+    kw = dict(mask_id=31, alpha0=0.5, variant="B", gen_length=32, steps=8 + round(0.5 * 32))  # 8 diffusion steps
+    run = sample("esolm", model, prompt, generator=torch.Generator().manual_seed(0), history=True, **kw)
+    out, nfe = run.tokens, run.nfe
+    assert len(run.history) == 8  # one canvas per row after every step (one step per model call)
+    for j, canvases in enumerate(run.history):
+        assert len(canvases) == nfe and torch.equal(canvases[-1], out[j])
     # at most 8 diffusion calls, then one call per token left: about half of 32, the most of 8 rows
     assert 8 + 8 <= nfe <= 8 + 28
     eos = int(out[0, 10])  # treat a token that occurs early in row 0 as EOS: everything after it becomes EOS
-    ended, _ = esolm_generate(model, prompt, mask_id=31, alpha0=0.5, variant="B", gen_length=32, steps=8,
-                              eos_id=eos, generator=torch.Generator().manual_seed(0))
+    ended = sample("esolm", model, prompt, eos_id=eos, stop_at_eos=True, generator=torch.Generator().manual_seed(0),
+                   **kw).tokens
     first = int((ended[0, 2:] == eos).nonzero()[0]) + 2
     assert first <= 10 and (ended[0, first:] == eos).all() and not (ended == 31).any()
 
@@ -202,20 +205,19 @@ def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_sampl
     assert objective.default_schedule == "linear"
     model = sharp_transformer(3)
     tokens, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 5]], pad_id=30)
-    cfg = SampleConfig(gen_length=7, steps=4, temperature=1.0, stop_at_eos=True)
     run = SAMPLERS.get("esolm")
 
-    def sample(rows):
-        return run(model, tokens[rows], cfg, mask_id=31, eos_id=29, pad_id=30, prompt_mask=mask[rows],
-                   time_conditioned=False, generator=[torch.Generator().manual_seed(i) for i in rows], history=None,
-                   alpha0=0.5, variant="B")
+    def draw(rows):
+        return sample("esolm", model, tokens[rows], mask_id=31, gen_length=7, eos_id=29, pad_id=30,
+                      prompt_mask=mask[rows], generator=[torch.Generator().manual_seed(i) for i in rows],
+                      stop_at_eos=True, steps=4 + round(0.5 * 7), temperature=1.0, alpha0=0.5, variant="B").tokens
 
-    together = sample([0, 1, 2])
+    together = draw([0, 1, 2])
     assert together.shape == (3, 12) and torch.equal(together[:, :5], tokens)
     for i in range(3):
-        assert torch.equal(sample([i]), together[i : i + 1])
-    with pytest.raises(DlmError, match="needs the model's alpha0 and variant"):
-        run(model, tokens, cfg, mask_id=31, eos_id=29, prompt_mask=mask, generator=None, history=None)
+        assert torch.equal(draw([i]), together[i : i + 1])
+    with pytest.raises(DlmError, match="needs the model's alpha0 and variant"):  # a model not trained as esolm
+        run.make_config(dict(steps=8, temperature=1.0), dict(alpha0=None, variant=None))
 
 
 def test_the_loss_trains_a_tiny_transformer():

@@ -14,10 +14,8 @@ from dlm.models.transformer import Transformer
 from dlm.noise import get_schedule, uniform_tokens
 from dlm.objectives import OBJECTIVES, SEDD, masked_nelbo, score_entropy_nelbo
 from dlm.objectives.score_entropy import log_ratios
-from dlm.samplers import SAMPLERS, SampleConfig, left_pad
-from dlm.samplers.score_entropy import sedd_generate
 from toy import ToyDistribution
-from helpers import dlm
+from helpers import dlm, left_pad, sample
 
 
 # --- exact ratios of the toy distribution ------------------------------------------------------------------------
@@ -155,9 +153,10 @@ def test_sampler_with_the_exact_ratios_draws_the_toy_distribution(graph, method,
     toy = ToyDistribution(V=3, L=3, seed=3)
     model = absorb_ratios(toy) if graph == "absorb" else uniform_ratios(toy, toy.V)
     n = 3000
-    tokens, nfe = sedd_generate(model, torch.empty(n, 0, dtype=torch.long), graph=graph, method=method,
-                                mask_id=toy.mask_id, vocab_size=toy.V, gen_length=3, steps=steps,
-                                time_conditioned=graph == "uniform", generator=torch.Generator().manual_seed(0))
+    out = sample(f"sedd-{method}", model, torch.empty(n, 0, dtype=torch.long), graph=graph, mask_id=toy.mask_id,
+                 vocab_size=toy.V, gen_length=3, steps=steps, time_conditioned=graph == "uniform",
+                 generator=torch.Generator().manual_seed(0))
+    tokens, nfe = out.tokens, out.nfe
     tv = 0.5 * (frequencies(tokens, toy) - toy.p).abs().sum()
     assert tv < 0.06, tv
     assert nfe <= steps
@@ -172,8 +171,8 @@ def test_sampler_keeps_the_prompt(graph):
     model = absorb_ratios(toy) if graph == "absorb" else uniform_ratios(toy, toy.V)
     n = 2000
     prompt = torch.full((n, 1), 2, dtype=torch.long)
-    tokens, _ = sedd_generate(model, prompt, graph=graph, mask_id=toy.mask_id, vocab_size=toy.V, gen_length=2,
-                              steps=24, time_conditioned=True, generator=torch.Generator().manual_seed(1))
+    tokens = sample("sedd-analytic", model, prompt, graph=graph, mask_id=toy.mask_id, vocab_size=toy.V, gen_length=2,
+                    steps=24, time_conditioned=True, generator=torch.Generator().manual_seed(1)).tokens
     assert torch.all(tokens[:, 0] == 2) and torch.all(tokens < toy.V)
     if graph == "absorb":
         given = toy.seqs[:, 0] == 2
@@ -189,17 +188,15 @@ def test_a_rows_sample_does_not_depend_on_its_batch(graph):
                                     time_conditioning=graph == "uniform")).eval()
     prompts = [[5, 6, 7], [8]]
     tokens, mask = left_pad(prompts, pad_id=2)
-    run = SAMPLERS.get("sedd-euler")
-    sc = SampleConfig(gen_length=6, steps=5)
-    kw = dict(mask_id=1, eos_id=0, pad_id=2, time_conditioned=graph == "uniform", history=None, graph=graph,
+    kw = dict(mask_id=1, eos_id=0, pad_id=2, gen_length=6, steps=5, time_conditioned=graph == "uniform", graph=graph,
               vocab_size=20)
-    both = run(model, tokens, sc, prompt_mask=mask, generator=[torch.Generator().manual_seed(i) for i in (3, 4)],
-               **kw)
+    both = sample("sedd-euler", model, tokens, prompt_mask=mask,
+                  generator=[torch.Generator().manual_seed(i) for i in (3, 4)], **kw).tokens
     assert torch.equal(both[:, :3], tokens)  # the prompt (and its padding) stays
     assert graph == "uniform" or not (both == 1).any()  # absorb: no mask left
     for j, seed in enumerate((3, 4)):
-        alone = run(model, torch.tensor([prompts[j]]), sc, prompt_mask=None,
-                    generator=[torch.Generator().manual_seed(seed)], **kw)
+        alone = sample("sedd-euler", model, torch.tensor([prompts[j]]), prompt_mask=None,
+                       generator=[torch.Generator().manual_seed(seed)], **kw).tokens
         assert torch.equal(alone[0], both[j, 3 - len(prompts[j]):])
 
 

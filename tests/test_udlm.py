@@ -12,7 +12,8 @@ from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
 from dlm.noise import get_schedule
 from dlm.objectives import OBJECTIVES, UDLM, mean_log_ratios, udlm_nelbo
-from dlm.samplers import SAMPLERS, SampleConfig, left_pad
+from dlm.samplers import SAMPLERS
+from helpers import left_pad, sample
 from test_sedd import assert_tight, dlm, draws_per_sequence, frequencies, uniform_ratios
 from toy import ToyDistribution
 
@@ -84,17 +85,19 @@ def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer():
     assert loss.item() < first - 0.5
 
 
-def run_udlm(model, prompt, steps, gen_length, generator, prompt_mask=None, history=None, vocab_size=None):
-    return SAMPLERS.get("udlm")(model, prompt, SampleConfig(gen_length=gen_length, steps=steps), mask_id=3,
-                                eos_id=4, prompt_mask=prompt_mask, generator=generator, history=history,
-                                vocab_size=vocab_size)
+def run_udlm(model, prompt, steps, gen_length, generator, prompt_mask=None, history=False, vocab_size=None):
+    return sample("udlm", model, prompt, mask_id=3, eos_id=4, gen_length=gen_length, steps=steps,
+                  prompt_mask=prompt_mask, generator=generator, history=history, vocab_size=vocab_size)
 
 
 def test_sampler_with_the_exact_denoiser_draws_the_toy_distribution_and_revises_tokens():
     toy = ToyDistribution(V=3, L=3, seed=3)
-    n, history = 3000, []
-    tokens = run_udlm(exact_denoiser(toy, toy.vocab), torch.empty(n, 0, dtype=torch.long), 32, 3,
-                      torch.Generator().manual_seed(0), history=history, vocab_size=toy.vocab)
+    n = 3000
+    out = run_udlm(exact_denoiser(toy, toy.vocab), torch.empty(n, 0, dtype=torch.long), 32, 3,
+                   torch.Generator().manual_seed(0), history=True, vocab_size=toy.vocab)
+    tokens = out.tokens
+    assert all(len(canvases) == 32 for canvases in out.history)  # one canvas per row after each of the 32 steps
+    history = [torch.stack([canvases[step] for canvases in out.history]) for step in range(32)]  # [step] (n, L)
     tv = 0.5 * (frequencies(tokens, toy) - toy.p).abs().sum()
     assert tv < 0.06, tv
     # "may revise any token": real tokens present at one step are replaced later
@@ -109,11 +112,11 @@ def test_a_rows_sample_does_not_depend_on_its_batch():
     prompts = [[5, 6, 7], [8]]
     tokens, mask = left_pad(prompts, pad_id=2)
     both = run_udlm(model, tokens, 5, 6, [torch.Generator().manual_seed(i) for i in (3, 4)], prompt_mask=mask,
-                    vocab_size=20)
+                    vocab_size=20).tokens
     assert torch.equal(both[:, :3], tokens) and not (both == 3).any()  # the prompt stays; the mask id is never drawn
     for j, seed in enumerate((3, 4)):
         alone = run_udlm(model, torch.tensor([prompts[j]]), 5, 6, [torch.Generator().manual_seed(seed)],
-                         vocab_size=20)
+                         vocab_size=20).tokens
         assert torch.equal(alone[0], both[j, 3 - len(prompts[j]):])
 
 
@@ -131,9 +134,8 @@ def test_registry_configure_and_sampler_options():
     cfg.train.schedule = "quadratic"
     with pytest.raises(DlmError, match="unknown schedule 'quadratic'"):
         udlm.configure(cfg)
-    with pytest.raises(DlmError, match="do not apply"):
-        SAMPLERS.get("udlm")(None, torch.zeros(1, 0, dtype=torch.long), SampleConfig(temperature=0.5), mask_id=0,
-                             eos_id=1, prompt_mask=None, generator=None, history=None)
+    with pytest.raises(DlmError, match="--temperature does not apply to the udlm sampler; it takes: --steps"):
+        SAMPLERS.get("udlm").make_config(dict(temperature=0.5), dict(vocab_size=cfg.model.vocab_size))
 
 
 def test_train_eval_sample_udlm(tmp_path):
