@@ -227,9 +227,9 @@ def test_threshold_one_equals_one_commit_per_step(temperature, remasking):
 
 def test_threshold_adapts_the_number_of_model_calls():
     model, prompt = random_model(6), torch.tensor([[1, 2]])
-    calls = {}
-    for tau in (1e-6, 0.5, 0.9, 1.0):  # (0, 1]: a threshold of 0 is rejected, 1e-6 is below every confidence
-        out = sample("confidence", model, prompt, mask_id=MASK, gen_length=16, steps=None, block_length=8,
+    calls, outs = {}, {}
+    for tau in (1e-6, 0.5, 0.9, 1.0):  # 1e-6 is below every confidence
+        outs[tau] = out = sample("confidence", model, prompt, mask_id=MASK, gen_length=16, steps=None, block_length=8,
                      threshold=tau, history=True)
         assert not (out.tokens == MASK).any()
         calls[tau] = len(out.history[0])
@@ -237,8 +237,11 @@ def test_threshold_adapts_the_number_of_model_calls():
     assert calls[1e-6] == 2  # everything in one call per block
     assert calls[1.0] == 16
     assert calls[1e-6] <= calls[0.5] <= calls[0.9] <= calls[1.0]
-    with pytest.raises(DlmError, match="threshold must be in"):
-        sample("confidence", model, prompt, mask_id=MASK, gen_length=16, threshold=0.0)
+    zero = sample("confidence", model, prompt, mask_id=MASK, gen_length=16, block_length=8, threshold=0.0)
+    assert zero.nfe == 2 and torch.equal(zero.tokens, outs[1e-6].tokens)  # tau = 0: a whole block per step
+    for bad in (-0.1, 2.0):  # a threshold is a probability
+        with pytest.raises(DlmError, match=r"threshold must be in \[0, 1\]"):
+            sample("confidence", model, prompt, mask_id=MASK, gen_length=16, threshold=bad)
 
 
 @pytest.mark.parametrize("remasking", ["margin", "entropy"])
