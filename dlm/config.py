@@ -113,7 +113,7 @@ class RunConfig:
             expected = hints[key]
             if not (expected is bool if isinstance(value, bool) else
                     isinstance(value, (int, float) if expected is float else expected)):
-                raise DlmError(f"objective.{key} must be a {expected.__name__}, got {value!r}")
+                raise DlmError(f"objective.{key} must be of type {expected.__name__}, got {value!r}")
             options[key] = float(value) if expected is float else value
         return config_cls(**options)
 

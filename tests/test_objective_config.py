@@ -69,7 +69,7 @@ def test_the_objective_section_of_the_run_config():
         apply_overrides(cfg, ["objective.block_size=four"])
     with pytest.raises(DlmError, match="the clipped schedule needs 0 <= objective.clip_beta < objective.clip_omega"):
         apply_overrides(cfg, ["objective.clip_beta=0.9"]).validate()
-    with pytest.raises(DlmError, match="objective.block_size must be a int, got '4'"):
+    with pytest.raises(DlmError, match="objective.block_size must be of type int, got '4'"):
         RunConfig.from_dict({**saved, "objective": {"block_size": "4"}})
     with pytest.raises(DlmError, match="objective.graph is not an option of the bd3lm objective"):
         RunConfig.from_dict({**saved, "objective": {"graph": "absorb"}})
