@@ -82,12 +82,7 @@ class AppendFirst:
         return self.cache.length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        past_k, past_v = self.cache.keys[layer], self.cache.values[layer]
-        keep = self.n if past_k is None else past_k.shape[2] + self.n  # T + n
-        if past_k is not None:
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, T + P + Q, Dh)
-        self.cache.keys[layer], self.cache.values[layer] = k[:, :, :keep], v[:, :, :keep]
-        return k, v
+        return self.cache.update(layer, k, v, keep=self.n)  # (B, H, T + P + Q, Dh); the first n stay stored
 
 
 def cached_call_mask(valid: torch.Tensor, new_ok: torch.Tensor, query_ok: torch.Tensor, *,
