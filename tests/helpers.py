@@ -72,9 +72,11 @@ def uniform_ratios(toy, N, schedule="loglinear"):
     schedule = get_schedule(schedule)
 
     def log_marginal(x, alpha):  # x [B, M, L], alpha [B] -> log p_t(x) [B, M]
-        same = (x[:, :, None, :] == toy.seqs[None, None]).double()  # (B, M, S, L)
-        a = alpha[:, None, None, None]
-        return ((a * same + (1 - a) / N).prod(-1) @ toy.p).log()
+        # prod_l (alpha [x^l = x0^l] + (1 - alpha) / N) = ((1 - alpha) / N)^L (1 + alpha N / (1 - alpha))^matches
+        matches = (x[:, :, None, :] == toy.seqs[None, None]).sum(-1).double()  # (B, M, S)
+        a = alpha[:, None, None]
+        log_q = x.shape[-1] * torch.log((1 - a) / N) + matches * torch.log1p(a * N / (1 - a))  # (B, M, S)
+        return (log_q + toy.p.log()).logsumexp(-1)
 
     def model(xt, t, **_):
         alpha = schedule.alpha(t.double()).expand(xt.shape[0])  # (B,)
@@ -108,6 +110,23 @@ def uniform_x0_denoiser(toy, N, schedule="loglinear"):
         onehot = torch.nn.functional.one_hot(toy.seqs, N).double()  # (S, L, N)
         probs = torch.einsum("bsl,slv->blv", w, onehot) / w.sum(1)[..., None]
         return probs.clamp_min(1e-30).log()
+
+    return model
+
+
+def ar_oracle(toy):
+    """AR: the toy's exact conditionals p(x^l | x^{<l}) as logits [B, n, vocab] for inputs [eos, x^0 .. x^{n-2}]
+    (``toy.next_token`` vectorised over the batch: the masked denoiser with everything from l on masked)."""
+
+    def model(inputs, **_):
+        assert torch.all(inputs[:, 0] == toy.eos_id), "AR inputs must start with the EOS start token"
+        B, n = inputs.shape
+        out = []
+        for l in range(n):
+            canvas = torch.full((B, toy.L), toy.mask_id)
+            canvas[:, :l] = inputs[:, 1 : l + 1]
+            out.append(toy.denoiser(canvas)[:, l])
+        return torch.stack(out, 1)
 
     return model
 
