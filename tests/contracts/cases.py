@@ -25,7 +25,7 @@ def transformer(seed: int = 0, *, head_scale: float = 20.0, **config) -> Transfo
     with torch.no_grad():
         model.head.weight.mul_(head_scale)
         if cfg.time_conditioning:  # adaLN starts as the identity: give t a real effect on the logits
-            for module in [*(b.ada for b in model.blocks), model.final_ada]:
+            for module in [*(b.ada for b in model.layers()), model.final_ada]:
                 module.weight.normal_(std=0.2)
     return model
 
