@@ -9,15 +9,15 @@ sequential phase that fills the rest left to right, one token per model call, wi
    ``sample_categorical``: temperature, top-k, top-p, float64). About alpha0 of the generated tokens are then clean.
 3. Sequential phase: the positions still masked, left to right, each from p_theta(x^l | z0, x^{<l}).
 
-The model sees what training showed it (``dlm.objectives.esolm``):
-- ``use_cache=False`` (the reference, any variant): every call runs the whole canvas [prompt, generated] under the
+The model sees what training showed it (the masks of ``dlm.noise.hybrid``, which the objective uses too):
+- ``cache="none"`` (the reference, any variant): every call runs the whole canvas [prompt, generated] under the
   diffusion pass's mask for the current clean set and ranks, or, in the sequential phase, [z0, x] (2L tokens)
   under the sequential pass's mask, and reads the logits of the positions being revealed.
-- ``use_cache=True``: each call feeds only the tokens revealed by the previous call (now clean: their keys and
+- ``cache="kv"`` (default): each call feeds only the tokens revealed by the previous call (now clean: their keys and
   values are appended to the cache; causal among themselves in rank order, variant A: both ways) and the masks
   revealed now (attending to the cache, the new clean tokens, the masks before them in rank order and themselves;
   not stored). In the sequential phase a call feeds [the token decoded at the previous call, the next mask]. The
-  cache is exact: the tokens are those of ``use_cache=False`` for the same seed (the logits agree up to float
+  cache is exact: the tokens are those of ``cache="none"`` for the same seed (the logits agree up to float
   rounding). Variant A's clean tokens attend both ways, so its diffusion phase cannot be cached: it runs as with
   ``use_cache=False``, and the first sequential call feeds every clean token (both ways among themselves).
 

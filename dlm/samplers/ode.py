@@ -2,7 +2,7 @@
 
 Every sampler is ``sample(denoiser, x, times, *, schedule, target, generator) -> (x at times[-1], nfe)``:
 ``denoiser(x_t [B, ...], t [B])`` predicts ``target`` (eps, x0, v, score or flow; converted internally to
-x0_hat / eps_hat with ``dlm.objectives.gaussian``), ``x`` is the starting noise at times[0], and ``times`` is a
+x0_hat / eps_hat with ``dlm.noise.gaussian``), ``x`` is the starting noise at times[0], and ``times`` is a
 decreasing grid t_max = times[0] > ... > times[-1] = t_min (``time_grid``); steps = len(times) - 1. Step t -> s:
 
 - DDIM (Song et al. 2021):  x_s = alpha_s x0_hat + sqrt(sigma_s^2 - eta_s^2) eps_hat + eta_s z, with eta_s = eta
