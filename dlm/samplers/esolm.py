@@ -19,7 +19,7 @@ The model sees what training showed it (the masks of ``dlm.noise.hybrid``, which
   not stored). In the sequential phase a call feeds [the token decoded at the previous call, the next mask]. The
   cache is exact: the tokens are those of ``cache="none"`` for the same seed (the logits agree up to float
   rounding). Variant A's clean tokens attend both ways, so its diffusion phase cannot be cached: it runs as with
-  ``use_cache=False``, and the first sequential call feeds every clean token (both ways among themselves).
+  ``cache="none"``, and the first sequential call feeds every clean token (both ways among themselves).
 
 Rows of a batch reveal different numbers of tokens per step: the fed tokens of each call are padded to the widest
 row, padding slots attend only to themselves and are never attended to (``valid`` masks them out of the cache).
