@@ -42,24 +42,52 @@ def main() -> None:
         state = run / "checkpoint" / "trainer_state.json"
         if not (state.exists() and json.loads(state.read_text())["step"] >= args.max_steps):
             start = time.time()
-            dlm("train", "--preset", args.preset, "--objective", objective, "--max-steps", str(args.max_steps),
-                "--out", str(run), "--quiet", "--resume")
+            dlm(
+                "train",
+                "--preset",
+                args.preset,
+                "--objective",
+                objective,
+                "--max-steps",
+                str(args.max_steps),
+                "--out",
+                str(run),
+                "--quiet",
+                "--resume",
+            )
             print(f"{objective}: trained in {time.time() - start:.0f} s", flush=True)
         trainer = json.loads(state.read_text())
         report = json.loads(dlm("eval", str(run), "--json", "--num-samples", str(args.num_samples)))
         samples = {}
-        samplers = [("ar", [])] if objective == "ar" else [
-            ("ancestral", ["--steps", str(args.gen_length)]),
-            ("confidence", ["--steps", str(args.gen_length), "--block-length", "16", "--temperature", "1.0"]),
-        ]
+        samplers = (
+            [("ar", [])]
+            if objective == "ar"
+            else [
+                ("ancestral", ["--steps", str(args.gen_length)]),
+                ("confidence", ["--steps", str(args.gen_length), "--block-length", "16", "--temperature", "1.0"]),
+            ]
+        )
         for sampler, extra in samplers:
             samples[sampler] = []
             for i, prompt in enumerate(PROMPTS):
-                text = dlm("sample", str(run), "--prompt", prompt, "--gen-length", str(args.gen_length),
-                           "--sampler", sampler, "--seed", str(i), *extra)
+                text = dlm(
+                    "sample",
+                    str(run),
+                    "--prompt",
+                    prompt,
+                    "--gen-length",
+                    str(args.gen_length),
+                    "--sampler",
+                    sampler,
+                    "--seed",
+                    str(i),
+                    *extra,
+                )
                 samples[sampler].append(text.split("\n", 1)[1].strip())
         results["models"][objective] = {
-            "eval": report, "train_seconds": trainer["elapsed_seconds"], "tokens_seen": trainer["tokens_seen"],
+            "eval": report,
+            "train_seconds": trainer["elapsed_seconds"],
+            "tokens_seen": trainer["tokens_seen"],
             "samples": samples,
         }
         print(objective, json.dumps(report), flush=True)
@@ -70,8 +98,10 @@ def main() -> None:
     for name, m in results["models"].items():
         e = m["eval"]
         rel = "<=" if e["is_bound"] else "="
-        rows.append(f"| {name} | {m['tokens_seen']:,} | {m['train_seconds'] / 60:.1f} | {rel} {e['nats_per_token']:.3f} "
-                    f"| {rel} {e['ppl']:.1f} | {rel} {e['bits_per_byte']:.3f} |")
+        rows.append(
+            f"| {name} | {m['tokens_seen']:,} | {m['train_seconds'] / 60:.1f} | {rel} {e['nats_per_token']:.3f} "
+            f"| {rel} {e['ppl']:.1f} | {rel} {e['bits_per_byte']:.3f} |"
+        )
     sample_md = []
     for name, m in results["models"].items():
         for sampler, texts in m["samples"].items():
@@ -80,16 +110,16 @@ def main() -> None:
     md_text = f"""## AR vs masked diffusion (`{args.preset}`, same tokens)
 
 Command: `{cmd}`
-Machine: {machine_line(results['machine'])}
+Machine: {machine_line(results["machine"])}
 
-Validation = *Persuasion* ({ar['tokens']:,} tokens). AR perplexity is exact; the MDLM figure is the NELBO upper bound
-({md['mc_draws']} Monte Carlo draws of t per sequence, antithetic, seed 0).
+Validation = *Persuasion* ({ar["tokens"]:,} tokens). AR perplexity is exact; the MDLM figure is the NELBO upper bound
+({md["mc_draws"]} Monte Carlo draws of t per sequence, antithetic, seed 0).
 
 | model | training tokens | train minutes | nats/token | perplexity | bits/byte |
 | --- | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(rows)}
 
-MDLM / AR perplexity ratio: **{results['ppl_ratio_mdlm_over_ar']:.2f}** (published: {PUBLISHED}).
+MDLM / AR perplexity ratio: **{results["ppl_ratio_mdlm_over_ar"]:.2f}** (published: {PUBLISHED}).
 
 Samples ({args.gen_length} tokens; AR at temperature 1; MDLM ancestral at temperature 1 with {args.gen_length} steps,
 and confidence with blocks of 16, {args.gen_length} steps, temperature 1):

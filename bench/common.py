@@ -38,8 +38,10 @@ def machine() -> dict:
 
 def machine_line(info: dict) -> str:
     gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
-    return (f"{info['cpu']} ({'/'.join(info['simd']) or 'no AVX'}), {info['cores']} cores, torch "
-            f"{info['torch']}{gpu}, {info['date']}")
+    return (
+        f"{info['cpu']} ({'/'.join(info['simd']) or 'no AVX'}), {info['cores']} cores, torch "
+        f"{info['torch']}{gpu}, {info['date']}"
+    )
 
 
 def write_results(name: str, data: dict, markdown: str, document: str = "RESULTS.md") -> None:
@@ -48,7 +50,11 @@ def write_results(name: str, data: dict, markdown: str, document: str = "RESULTS
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     results = DOCS / document
-    text = results.read_text() if results.exists() else "# Results\n\nEvery number below comes from the command printed beside it.\n"
+    text = (
+        results.read_text()
+        if results.exists()
+        else "# Results\n\nEvery number below comes from the command printed beside it.\n"
+    )
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text:

@@ -45,8 +45,10 @@ MODELS = {
     "esolm-B-0.5": (["--objective", "esolm", "--alpha0", "0.5", "--variant", "B"], "esolm"),
     "esolm-B-0.125": (["--objective", "esolm", "--alpha0", "0.125", "--variant", "B"], "esolm"),
 }
-PUBLISHED = ("LM1B / OpenWebText (AR < BD3-LM k=4 < BD3-LM k=16 < MDLM < SEDD < UDLM in perplexity; Eso-LM moves "
-             "from MDLM's towards AR's as alpha0 falls)")
+PUBLISHED = (
+    "LM1B / OpenWebText (AR < BD3-LM k=4 < BD3-LM k=16 < MDLM < SEDD < UDLM in perplexity; Eso-LM moves "
+    "from MDLM's towards AR's as alpha0 falls)"
+)
 
 
 def dlm(*args: str) -> str:
@@ -60,8 +62,22 @@ def train(name: str, run: Path, args) -> dict:
     state = run / "checkpoint" / "trainer_state.json"
     if not (state.exists() and json.loads(state.read_text())["step"] >= args.max_steps):
         start = time.time()
-        dlm("train", "--preset", args.preset, *MODELS[name][0], "--max-steps", str(args.max_steps), "--out", str(run),
-            "--seed", "0", "--set", f"train.warmup_steps={args.warmup}", "--quiet", "--resume")
+        dlm(
+            "train",
+            "--preset",
+            args.preset,
+            *MODELS[name][0],
+            "--max-steps",
+            str(args.max_steps),
+            "--out",
+            str(run),
+            "--seed",
+            "0",
+            "--set",
+            f"train.warmup_steps={args.warmup}",
+            "--quiet",
+            "--resume",
+        )
         print(f"{name}: trained in {time.time() - start:.0f} s", flush=True)
     return json.loads(state.read_text())
 
@@ -79,7 +95,8 @@ def timed_samples(name: str, run: Path, args, count: int) -> tuple[list[list[int
     takes = user_fields(SAMPLERS.get(sampler).config)
     options = {k: v for k, v in {"steps": args.gen_length, "temperature": 1.0}.items() if k in takes}
     run_once = lambda seed, length, **kw: engine.generate_ids(  # noqa: E731
-        [[]], sampler, seed, gen_length=length, stop_at_eos=False, **kw)[0]
+        [[]], sampler, seed, gen_length=length, stop_at_eos=False, **kw
+    )[0]
     with torch.inference_mode():
         run_once(10_000, 16, **{k: 16 if k == "steps" else v for k, v in options.items()})  # warm-up
         results = [run_once(i, args.gen_length, **options) for i in range(count)]
@@ -94,16 +111,22 @@ def quality(samples: list[list[int]], tokenizer, reference) -> dict:
     special = {tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id}
     texts = [tokenizer.decode([t for t in s if t != tokenizer.mask_id]) for s in samples]
     words = [[t for t in s if t not in special] for s in samples]
-    return {"gen_ppl": generative_perplexity(reference, texts), "entropy": unigram_entropy(words),
-            "examples": [t[:300].replace("\n", " ") for t in texts[:2]]}
+    return {
+        "gen_ppl": generative_perplexity(reference, texts),
+        "entropy": unigram_entropy(words),
+        "examples": [t[:300].replace("\n", " ") for t in texts[:2]],
+    }
 
 
 def sample(name: str, run: Path, args, reference) -> dict:
     """``args.samples`` unconditional samples at batch 1, timed; their gen-PPL and entropy."""
     samples, seconds, tokenizer = timed_samples(name, run, args, args.samples)
     return {
-        "sampler": MODELS[name][1], "steps": args.gen_length, "seconds_per_sample": sum(seconds) / len(seconds),
-        "seconds": seconds, **quality(samples, tokenizer, reference),
+        "sampler": MODELS[name][1],
+        "steps": args.gen_length,
+        "seconds_per_sample": sum(seconds) / len(seconds),
+        "seconds": seconds,
+        **quality(samples, tokenizer, reference),
     }
 
 
@@ -131,12 +154,21 @@ def unigram_reference(run: Path, args, reference) -> dict:
     nats = float(-log_p[val].sum())
     text_bytes = len(tokenizer.decode(val).encode("utf-8"))
     probs = torch.from_numpy(p)
-    samples = [torch.multinomial(probs, args.gen_length, replacement=True,
-                                 generator=torch.Generator().manual_seed(i)).tolist() for i in range(args.samples)]
+    samples = [
+        torch.multinomial(probs, args.gen_length, replacement=True, generator=torch.Generator().manual_seed(i)).tolist()
+        for i in range(args.samples)
+    ]
     return {
-        "eval": {"objective": "unigram", "nats_per_token": nats / tokens, "ppl": math.exp(nats / tokens),
-                 "bits_per_byte": nats / math.log(2) / text_bytes, "is_bound": False, "tokens": tokens,
-                 "bytes": text_bytes, "mc_draws": 0},
+        "eval": {
+            "objective": "unigram",
+            "nats_per_token": nats / tokens,
+            "ppl": math.exp(nats / tokens),
+            "bits_per_byte": nats / math.log(2) / text_bytes,
+            "is_bound": False,
+            "tokens": tokens,
+            "bytes": text_bytes,
+            "mc_draws": 0,
+        },
         "sample": {"sampler": "i.i.d. draws", **quality(samples, tokenizer, reference)},
     }
 
@@ -155,25 +187,28 @@ def render(results: dict, args, defaults: dict) -> str:
         rows.append(
             f"| {name} | {m['tokens_seen']:,} | {m['train_seconds'] / 60:.1f} | {rel} {e['ppl']:.1f} "
             f"| {rel} {e['bits_per_byte']:.3f} | {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['sampler']} "
-            f"| {s['seconds_per_sample']:.2f} |")
+            f"| {s['seconds_per_sample']:.2f} |"
+        )
     if "unigram" in results:
         e, s = results["unigram"]["eval"], results["unigram"]["sample"]
-        rows.append(f"| unigram (reference) | training counts | - | = {e['ppl']:.1f} | = {e['bits_per_byte']:.3f} "
-                    f"| {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['sampler']} | - |")
+        rows.append(
+            f"| unigram (reference) | training counts | - | = {e['ppl']:.1f} | = {e['bits_per_byte']:.3f} "
+            f"| {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['sampler']} | - |"
+        )
     examples = [f"- **{name}**: {m['sample']['examples'][0]}" for name, m in results["models"].items()]
     any_eval = next(iter(results["models"].values()))["eval"]
     draws = max(m["eval"].get("mc_draws", 0) for m in results["models"].values())
     return f"""## The discrete family side by side (`{args.preset}`, {args.max_steps} steps of training each)
 
 Command: `{cmd}`
-Machine: {machine_line(results['machine'])}
+Machine: {machine_line(results["machine"])}
 
 Every model is the same `{args.preset}` backbone (17M parameters for `small`) trained on the bundled Austen corpus for
 {args.max_steps} steps of 16 x 256 tokens (warm-up {args.warmup} steps, then cosine; seed 0). Validation =
-*Persuasion* ({any_eval['tokens']:,} tokens): `=` exact (AR), `<=` the objective's bound ({draws}
+*Persuasion* ({any_eval["tokens"]:,} tokens): `=` exact (AR), `<=` the objective's bound ({draws}
 Monte Carlo draws per sequence). Samples: {args.samples} unconditional samples of {args.gen_length} tokens per
 model at batch 1 (seed i for sample i, temperature 1, {args.gen_length} denoising steps), generative perplexity
-under {results['reference']} and mean unigram entropy (nats; a degenerate, repetitive sample has a low one); time
+under {results["reference"]} and mean unigram entropy (nats; a degenerate, repetitive sample has a low one); time
 = wall-clock seconds per {args.gen_length}-token sample, one sample at a time, after a warm-up. `unigram` is the
 context-free reference: the add-one-smoothed token frequencies of the training split (exact NLL; i.i.d. samples).
 
@@ -195,13 +230,26 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=40, help="training steps of 16 x 256 tokens per model")
     ap.add_argument("--warmup", type=int, default=4, help="learning-rate warm-up steps")
     ap.add_argument("--out", default="runs/discrete")
-    ap.add_argument("--section", default="discrete_family",
-                    help="results name: docs/bench/SECTION.json and that section of docs/RESULTS.md")
-    ap.add_argument("--only", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="NAME",
-                    help=f"models to run (default all): {', '.join(MODELS)}")
-    ap.add_argument("--stage", choices=("train", "all", "time"), default="all",
-                    help="train: only train; all: train, evaluate, sample and write; time: re-time the sampling of "
-                    "models already evaluated (run it with nothing else on the machine) and rewrite")
+    ap.add_argument(
+        "--section",
+        default="discrete_family",
+        help="results name: docs/bench/SECTION.json and that section of docs/RESULTS.md",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=list(MODELS),
+        choices=list(MODELS),
+        metavar="NAME",
+        help=f"models to run (default all): {', '.join(MODELS)}",
+    )
+    ap.add_argument(
+        "--stage",
+        choices=("train", "all", "time"),
+        default="all",
+        help="train: only train; all: train, evaluate, sample and write; time: re-time the sampling of "
+        "models already evaluated (run it with nothing else on the machine) and rewrite",
+    )
     ap.add_argument("--time-samples", type=int, default=2, help="--stage time: timed samples per model")
     ap.add_argument("--num-samples", type=int, default=2, help="Monte Carlo draws per sequence for the bounds")
     ap.add_argument("--samples", type=int, default=6, help="timed unconditional samples per model")
@@ -234,8 +282,12 @@ def main() -> None:
             continue
         trainer = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
         report = json.loads(dlm("eval", str(run), "--json", "--num-samples", str(args.num_samples)))
-        entry = {"eval": report, "train_seconds": trainer["elapsed_seconds"], "tokens_seen": trainer["tokens_seen"],
-                 "sample": sample(name, run, args, reference)}
+        entry = {
+            "eval": report,
+            "train_seconds": trainer["elapsed_seconds"],
+            "tokens_seen": trainer["tokens_seen"],
+            "sample": sample(name, run, args, reference),
+        }
         cached.write_text(json.dumps(entry, indent=2) + "\n")
         results["models"][name] = entry
         print(name, json.dumps({k: v for k, v in entry["sample"].items() if k != "seconds"}), flush=True)

@@ -112,8 +112,9 @@ class FixedLoss:
     @torch.no_grad()
     def __call__(self, model) -> float:
         g = torch.Generator().manual_seed(self.generator_seed)
-        return gaussian_loss(model, self.x0, schedule=SCHEDULE, target=TARGET, weighting="snr", generator=g,
-                             t=self.t).loss.item()
+        return gaussian_loss(
+            model, self.x0, schedule=SCHEDULE, target=TARGET, weighting="snr", generator=g, t=self.t
+        ).loss.item()
 
 
 def log_interp_crossing(steps: list[int], values: list[float], level: float, above: bool) -> float | None:
@@ -161,22 +162,33 @@ def train_and_watch(n: int, pool: torch.Tensor, held_out: torch.Tensor, args, lo
             step += 1
         model.eval()
         samples, _ = ddim_sample(model, noise.clone(), times, schedule=SCHEDULE, target=TARGET)  # (N, 64)
-        row = {"step": step, "f_mem": copy_fraction(samples, train_x), "test_loss": test_loss(model),
-               "train_loss": train_loss(model), "mmd": mmd2(samples, held_out, bandwidth),
-               "seconds": time.time() - start}
+        row = {
+            "step": step,
+            "f_mem": copy_fraction(samples, train_x),
+            "test_loss": test_loss(model),
+            "train_loss": train_loss(model),
+            "mmd": mmd2(samples, held_out, bandwidth),
+            "seconds": time.time() - start,
+        }
         for k, v in row.items():
             curve[k].append(v)
-        log(f"n={n:5d} step {step:7d}: f_mem {row['f_mem']:.3f}  test {row['test_loss']:.4f}  "
-            f"train {row['train_loss']:.4f}  mmd {row['mmd']:.4f}  ({row['seconds']:.0f} s)")
+        log(
+            f"n={n:5d} step {step:7d}: f_mem {row['f_mem']:.3f}  test {row['test_loss']:.4f}  "
+            f"train {row['train_loss']:.4f}  mmd {row['mmd']:.4f}  ({row['seconds']:.0f} s)"
+        )
         if row["f_mem"] >= args.stop_at:
             break
     exact = lambda x, t: empirical_x0(x, t, train_x).float()  # noqa: E731
     exact_samples, _ = ddim_sample(exact, noise.clone(), times, schedule=SCHEDULE, target="x0")
     return {
-        "n": n, **curve,
+        "n": n,
+        **curve,
         "held_out_copy_fraction": copy_fraction(held_out, train_x),
-        "empirical": {"f_mem": copy_fraction(exact_samples, train_x), "test_loss": test_loss(exact),
-                      "train_loss": train_loss(exact)},
+        "empirical": {
+            "f_mem": copy_fraction(exact_samples, train_x),
+            "test_loss": test_loss(exact),
+            "train_loss": train_loss(exact),
+        },
     }
 
 
@@ -235,8 +247,7 @@ def plot(data: dict, path: Path) -> None:
         axes[1].semilogx(r["step"], r["train_loss"], ls=":", color=f"C{i}")
     axes[0].axhline(data["mem_threshold"], color="k", lw=0.8, ls="--", label="tau_mem threshold")
     axes[0].set(xlabel="training step", ylabel="memorised fraction f_mem", title="copies among generated samples")
-    axes[1].set(xlabel="training step", ylabel="eps MSE (solid: held out, dotted: train)",
-                title="denoising loss")
+    axes[1].set(xlabel="training step", ylabel="eps MSE (solid: held out, dotted: train)", title="denoising loss")
     ns = [r["n"] for r in runs]
     axes[2].plot(ns, [r["tau_gen"] for r in runs], marker="s", label="tau_gen (held-out loss within tol of min)")
     axes[2].plot(ns, [r["tau_common"] for r in runs], marker="D", label="tau_common (held-out loss at common level)")
@@ -246,19 +257,38 @@ def plot(data: dict, path: Path) -> None:
         axes[2].plot(*zip(*mem), marker="o", color="C3", label=f"tau_mem (f_mem >= {data['mem_threshold']})")
     half = [(r["n"], r["tau_mem_half"]) for r in runs if r["tau_mem_half"] is not None]
     if half:
-        axes[2].plot(*zip(*half), marker="o", mfc="none", ls="--", color="C3",
-                     label=f"tau_mem_half (f_mem >= {data['mem_threshold'] / 2:g})")
+        axes[2].plot(
+            *zip(*half),
+            marker="o",
+            mfc="none",
+            ls="--",
+            color="C3",
+            label=f"tau_mem_half (f_mem >= {data['mem_threshold'] / 2:g})",
+        )
     unreached = [(r["n"], r["step"][-1]) for r in runs if r["tau_mem"] is None]
     if unreached:
-        axes[2].plot(*zip(*unreached), ls="none", marker="^", mfc="none", color="C3", ms=9,
-                     label="tau_mem not reached: > last step")
+        axes[2].plot(
+            *zip(*unreached),
+            ls="none",
+            marker="^",
+            mfc="none",
+            color="C3",
+            ms=9,
+            label="tau_mem not reached: > last step",
+        )
     lin = data["fits"]["tau_mem"].get("linear")
     if lin:
         xs = [min(ns), max(ns)]
-        axes[2].plot(xs, [lin["slope"] * x + lin["intercept"] for x in xs], color="k", lw=0.8,
-                     label=f"fit {lin['slope']:.1f} n + {lin['intercept']:.0f} (R^2 {lin['r2']:.3f})")
-    axes[2].set(xscale="log", yscale="log", xlabel="training set size n", ylabel="training steps",
-                title="time scales vs n")
+        axes[2].plot(
+            xs,
+            [lin["slope"] * x + lin["intercept"] for x in xs],
+            color="k",
+            lw=0.8,
+            label=f"fit {lin['slope']:.1f} n + {lin['intercept']:.0f} (R^2 {lin['r2']:.3f})",
+        )
+    axes[2].set(
+        xscale="log", yscale="log", xlabel="training set size n", ylabel="training steps", title="time scales vs n"
+    )
     axes[2].set_xticks(ns, [str(n) for n in ns])
     axes[2].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     for ax in axes:
@@ -280,7 +310,8 @@ def markdown(data: dict, command: str) -> str:
         f"| {r['best_test_loss']:.4f} | {steps(r['tau_mem'])} | {steps(r['tau_mem_half'])} "
         f"| {r['step'][-1]:,} | {r['f_mem'][-1]:.2f} | {r['held_out_copy_fraction']:.3f} "
         f"| {r['empirical']['f_mem']:.2f}, {r['empirical']['test_loss']:.3f} / {r['empirical']['train_loss']:.3f} |\n"
-        for r in data["runs"])
+        for r in data["runs"]
+    )
     fit = "| time | n where reached | linear fit a n + b | R^2 | power law: k in n^k | R^2 (log-log) |\n"
     fit += "| --- | --- | ---: | ---: | ---: | ---: |\n"
     for key, f in data["fits"].items():
@@ -288,22 +319,24 @@ def markdown(data: dict, command: str) -> str:
             continue
         if "linear" in f:
             lin = f["linear"]
-            fit += (f"| {key} | {', '.join(map(str, f['ns']))} | {lin['slope']:.2f} n {lin['intercept']:+,.0f} "
-                    f"| {lin['r2']:.3f} | {f['exponent']:.2f} | {f['exponent_r2']:.3f} |\n")
+            fit += (
+                f"| {key} | {', '.join(map(str, f['ns']))} | {lin['slope']:.2f} n {lin['intercept']:+,.0f} "
+                f"| {lin['r2']:.3f} | {f['exponent']:.2f} | {f['exponent_r2']:.3f} |\n"
+            )
         else:
             fit += f"| {key} | {', '.join(map(str, f['ns'])) or 'none'} | fewer than 3 sizes: no fit | | | |\n"
     return f"""## Memorisation vs generalisation on 8x8 digits
 
 Command: `{command}`
-Machine: {machine_line(data['machine'])}
+Machine: {machine_line(data["machine"])}
 
-MLP denoiser ({data['depth']} x {data['width']}, {data['params']:,} parameters), {data['target']}-prediction on
-{data['schedule']}, Adam lr {data['lr']:g} constant, batch {data['batch']}; {data['samples']} DDIM samples
-({data['sample_steps']} steps) per checkpoint, checkpoints every x sqrt 2 from step {data['first']}; a run stops
-once f_mem reaches {data['stop_at']} or at step {data['max_steps']:,}. Copy: d1 / d2 < 1/3 to the training set.
-tau_mem: f_mem reaches {data['mem_threshold']} (tau_mem_half: {data['mem_threshold'] / 2:g}); tau_gen: held-out eps
-MSE within {data['gen_tol']:.0%} of the run's own minimum; tau_common: held-out eps MSE down to
-{data['fits']['common_level']:.4f}, the largest of the runs' minima (a level every run reaches); tau_opt: the
+MLP denoiser ({data["depth"]} x {data["width"]}, {data["params"]:,} parameters), {data["target"]}-prediction on
+{data["schedule"]}, Adam lr {data["lr"]:g} constant, batch {data["batch"]}; {data["samples"]} DDIM samples
+({data["sample_steps"]} steps) per checkpoint, checkpoints every x sqrt 2 from step {data["first"]}; a run stops
+once f_mem reaches {data["stop_at"]} or at step {data["max_steps"]:,}. Copy: d1 / d2 < 1/3 to the training set.
+tau_mem: f_mem reaches {data["mem_threshold"]} (tau_mem_half: {data["mem_threshold"] / 2:g}); tau_gen: held-out eps
+MSE within {data["gen_tol"]:.0%} of the run's own minimum; tau_common: held-out eps MSE down to
+{data["fits"]["common_level"]:.4f}, the largest of the runs' minima (a level every run reaches); tau_opt: the
 minimum's checkpoint. Times in training steps, interpolated in log(step) between checkpoints. "held-out copies":
 the criterion applied to the 773 real held-out images (a false-positive check). "empirical denoiser": the exact
 E[x0 | x_t] of the n training images, sampled the same way (where memorisation ends).
@@ -334,8 +367,11 @@ def main() -> None:
     ap.add_argument("--stop-at", type=float, default=0.15, help="stop a run once f_mem reaches this (default 0.15)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print the table only; write nothing into docs/")
-    ap.add_argument("--rerender", metavar="JSON",
-                    help="skip training: redo the time scales, table and plot from a saved docs/bench JSON")
+    ap.add_argument(
+        "--rerender",
+        metavar="JSON",
+        help="skip training: redo the time scales, table and plot from a saved docs/bench JSON",
+    )
     args = ap.parse_args()
     start = time.time()
     if args.rerender:
@@ -348,9 +384,19 @@ def main() -> None:
         options = {k: v for k, v in vars(args).items() if k not in ("no_write", "rerender")}
         command = "python bench/memorization.py" + "".join(
             f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in options.items() if v != ap.get_default(k))
-        data = {**options, "params": params, "schedule": SCHEDULE, "target": TARGET, "command": command,
-                "runs": runs, "machine": machine(), "seconds": time.time() - start}
+            for k, v in options.items()
+            if v != ap.get_default(k)
+        )
+        data = {
+            **options,
+            "params": params,
+            "schedule": SCHEDULE,
+            "target": TARGET,
+            "command": command,
+            "runs": runs,
+            "machine": machine(),
+            "seconds": time.time() - start,
+        }
     data["fits"] = summarise(data["runs"], data["mem_threshold"], data["gen_tol"])
     md = markdown(data, command)
     print(md)

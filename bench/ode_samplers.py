@@ -81,11 +81,20 @@ def run(n: int, ref_steps: int, nfes: list[int], seed: int, schedule_name: str =
     ref, _ = solve("heun", x1, ref_steps, "lambda", ring, schedule)  # (N, 2)
     half, _ = solve("heun", x1, ref_steps // 2, "lambda", ring, schedule)
     out = {
-        "n": n, "seed": seed, "schedule": schedule_name, "t_max": T_MAX, "t_min": T_MIN,
+        "n": n,
+        "seed": seed,
+        "schedule": schedule_name,
+        "t_max": T_MAX,
+        "t_min": T_MIN,
         "ring": {"components": ring.components, "radius": ring.radius, "std": ring.std},
-        "reference": {"sampler": "heun", "spacing": "lambda", "steps": ref_steps,
-                      "error_vs_half_steps": (ref - half).norm(dim=1).pow(2).mean().sqrt().item(),
-                      "sw_to_exact": sliced_wasserstein(ref, exact[0]).item(), "seconds": time.time() - start},
+        "reference": {
+            "sampler": "heun",
+            "spacing": "lambda",
+            "steps": ref_steps,
+            "error_vs_half_steps": (ref - half).norm(dim=1).pow(2).mean().sqrt().item(),
+            "sw_to_exact": sliced_wasserstein(ref, exact[0]).item(),
+            "seconds": time.time() - start,
+        },
         "sw_floor": [sliced_wasserstein(e, exact[0]).item() for e in exact[1:]],
         "runs": [],
     }
@@ -148,31 +157,36 @@ def markdown(data: dict, command: str) -> str:
     head = "| sampler | grid | " + " | ".join(f"NFE {n}" for n in cols) + " | order |\n"
     head += "| --- | --- | " + " | ".join("---:" for _ in cols) + " | ---: |\n"
     sol = head + "".join(
-        f"| {r['sampler']} | {r['spacing']} | " + " | ".join(cell(r, "solution_error", n) for n in cols)
-        + f" | {r['order']:.2f} |\n" for r in data["runs"])
+        f"| {r['sampler']} | {r['spacing']} | "
+        + " | ".join(cell(r, "solution_error", n) for n in cols)
+        + f" | {r['order']:.2f} |\n"
+        for r in data["runs"]
+    )
     sw = "| sampler | grid | " + " | ".join(f"NFE {n}" for n in cols) + " |\n"
     sw += "| --- | --- | " + " | ".join("---:" for _ in cols) + " |\n"
-    sw += "".join(f"| {r['sampler']} | {r['spacing']} | " + " | ".join(cell(r, "sw", n) for n in cols) + " |\n"
-                  for r in data["runs"])
+    sw += "".join(
+        f"| {r['sampler']} | {r['spacing']} | " + " | ".join(cell(r, "sw", n) for n in cols) + " |\n"
+        for r in data["runs"]
+    )
     ref = data["reference"]
     floor = torch.tensor(data["sw_floor"])
     return f"""## ODE samplers vs NFE (exact mixture denoiser)
 
 Command: `{command}`
-Machine: {machine_line(data['machine'])}
+Machine: {machine_line(data["machine"])}
 
-The ring of 8 Gaussians (radius {data['ring']['radius']}, std {data['ring']['std']}) in 2-D, {data['schedule']}
-schedule, the exact posterior mean as the denoiser (no training), {data['n']:,} common starting points, t from
-{data['t_max']:g} to {data['t_min']:g}. Reference: Heun with {ref['steps']} steps on the lambda grid (its distance to
-the {ref['steps'] // 2}-step solve: {ref['error_vs_half_steps']:.1e}). Heun spends 2 calls a step: a figure in
+The ring of 8 Gaussians (radius {data["ring"]["radius"]}, std {data["ring"]["std"]}) in 2-D, {data["schedule"]}
+schedule, the exact posterior mean as the denoiser (no training), {data["n"]:,} common starting points, t from
+{data["t_max"]:g} to {data["t_min"]:g}. Reference: Heun with {ref["steps"]} steps on the lambda grid (its distance to
+the {ref["steps"] // 2}-step solve: {ref["error_vs_half_steps"]:.1e}). Heun spends 2 calls a step: a figure in
 brackets is the NFE it actually used. Order: slope of -log(error) on log(NFE) for NFE >= 10 (2 = second order).
 
 Solution error, RMS ||x - x_ref|| at t_min:
 
 {sol}
-Sliced W2 to {data['n']:,} exact samples of the marginal at t_min. Floor from sampling alone: other exact samples of
+Sliced W2 to {data["n"]:,} exact samples of the marginal at t_min. Floor from sampling alone: other exact samples of
 the same size are at {floor.mean():.2e} +- {floor.std():.1e} (mean +- sd of {len(floor)}), the reference solve
-at {ref['sw_to_exact']:.2e}.
+at {ref["sw_to_exact"]:.2e}.
 
 {sw}
 ![error vs NFE](ode_samplers.png)
@@ -191,14 +205,19 @@ def main() -> None:
     start = time.time()
     if args.rerender:
         data = json.loads(Path(args.rerender).read_text())
-        options = {"n": data["n"], "ref_steps": data["reference"]["steps"], "schedule": data["schedule"],
-                   "seed": data["seed"]}
+        options = {
+            "n": data["n"],
+            "ref_steps": data["reference"]["steps"],
+            "schedule": data["schedule"],
+            "seed": data["seed"],
+        }
     else:
         data = run(args.n, args.ref_steps, NFES, args.seed, args.schedule)
         data["machine"], data["seconds"] = machine(), time.time() - start
         options = {k: v for k, v in vars(args).items() if k not in ("no_write", "rerender")}
     command = "python bench/ode_samplers.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in options.items() if v != ap.get_default(k))
+        f" --{k.replace('_', '-')} {v}" for k, v in options.items() if v != ap.get_default(k)
+    )
     md = markdown(data, command)
     print(md)
     if not args.no_write:

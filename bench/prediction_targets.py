@@ -54,8 +54,18 @@ OWN = {"x0": "x0", "eps": "snr", "v": "snr+1"}  # each target's plain MSE as a w
 SCHEDULE, T_MIN = "vp-linear", 1e-3
 
 
-def train(dim: int, target: str, embed: torch.Tensor, ring: Ring, *, steps: int, batch: int, width: int,
-          weighting: str | None, seed: int) -> tuple[torch.nn.Module, float]:
+def train(
+    dim: int,
+    target: str,
+    embed: torch.Tensor,
+    ring: Ring,
+    *,
+    steps: int,
+    batch: int,
+    width: int,
+    weighting: str | None,
+    seed: int,
+) -> tuple[torch.nn.Module, float]:
     """A TimeMLP trained to predict ``target`` for the embedded ring: (model, mean loss over the last 10% steps)."""
     model = build_mlp(dim, width, depth=4, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -92,8 +102,10 @@ def quality(x: torch.Tensor, embed: torch.Tensor, data_z: torch.Tensor) -> dict:
     z = x @ embed  # (N, 2)
     off = (x - z @ embed.T).pow(2).sum(1).mean().sqrt()
     finite = bool(torch.isfinite(x).all())
-    return {"sw": sliced_wasserstein(z, data_z).item() if finite else float("inf"),
-            "off": off.item() if finite else float("inf")}
+    return {
+        "sw": sliced_wasserstein(z, data_z).item() if finite else float("inf"),
+        "off": off.item() if finite else float("inf"),
+    }
 
 
 def data_and_floor(ring: Ring, n: int, seed: int) -> tuple[torch.Tensor, list[float]]:
@@ -104,19 +116,42 @@ def data_and_floor(ring: Ring, n: int, seed: int) -> tuple[torch.Tensor, list[fl
     return data_z, [sliced_wasserstein(ring.sample(n, g), data_z).item() for _ in range(FLOOR_DRAWS)]
 
 
-def run(dims: list[int], *, steps: int, batch: int, width: int, weightings: list[str], n: int,
-        sample_steps: int, seed: int, log=print) -> dict:
+def run(
+    dims: list[int],
+    *,
+    steps: int,
+    batch: int,
+    width: int,
+    weightings: list[str],
+    n: int,
+    sample_steps: int,
+    seed: int,
+    log=print,
+) -> dict:
     ring = Ring()
     data_z, floor = data_and_floor(ring, n, seed)
-    out = {"dims": dims, "targets": TARGETS, "steps": steps, "batch": batch, "width": width, "depth": 4,
-           "weightings": weightings, "n": n, "sample_steps": sample_steps, "seed": seed, "schedule": SCHEDULE,
-           "sw_floor": floor, "exact": {},
-           "results": {w: {} for w in weightings}}
+    out = {
+        "dims": dims,
+        "targets": TARGETS,
+        "steps": steps,
+        "batch": batch,
+        "width": width,
+        "depth": 4,
+        "weightings": weightings,
+        "n": n,
+        "sample_steps": sample_steps,
+        "seed": seed,
+        "schedule": SCHEDULE,
+        "sw_floor": floor,
+        "exact": {},
+        "results": {w: {} for w in weightings},
+    }
     for dim in dims:
         embed = random_embedding(dim, torch.Generator().manual_seed(seed + dim))  # (D, 2) float64
         exact = lambda x, t: mixture_x0(x.double(), t, ring, SCHEDULE, embed).float()  # noqa: E731
-        out["exact"][str(dim)] = quality(sample(exact, "x0", dim, n, sample_steps, torch.Generator().manual_seed(seed)),
-                                         embed, data_z)
+        out["exact"][str(dim)] = quality(
+            sample(exact, "x0", dim, n, sample_steps, torch.Generator().manual_seed(seed)), embed, data_z
+        )
         done = {}  # (target, weighting in x0 terms) -> result: a run that another loss name repeats is not redone
         for weighting in weightings:
             res = out["results"][weighting][str(dim)] = {}
@@ -126,14 +161,17 @@ def run(dims: list[int], *, steps: int, batch: int, width: int, weightings: list
                     res[target] = {**done[(target, same)], "same_run_as": same}
                     continue
                 start = time.time()
-                model, loss = train(dim, target, embed, ring, steps=steps, batch=batch, width=width,
-                                    weighting=same, seed=seed)
+                model, loss = train(
+                    dim, target, embed, ring, steps=steps, batch=batch, width=width, weighting=same, seed=seed
+                )
                 model.eval()
                 samples = sample(model, target, dim, n, sample_steps, torch.Generator().manual_seed(seed))
                 res[target] = {**quality(samples, embed, data_z), "final_loss": loss, "seconds": time.time() - start}
                 done[(target, same)] = res[target]
-                log(f"D={dim:4d} {weighting:6s} {target:3s}: sw {res[target]['sw']:.3f}  off {res[target]['off']:.3f}  "
-                    f"loss {loss:.4f}  ({res[target]['seconds']:.0f} s)")
+                log(
+                    f"D={dim:4d} {weighting:6s} {target:3s}: sw {res[target]['sw']:.3f}  off {res[target]['off']:.3f}  "
+                    f"loss {loss:.4f}  ({res[target]['seconds']:.0f} s)"
+                )
     return out
 
 
@@ -151,10 +189,20 @@ def plot(data: dict, path: Path) -> None:
             for i, target in enumerate(TARGETS):
                 ys = [data["results"][weighting][str(d)][target][key] for d in dims]
                 ax.plot(dims, ys, marker="o", color=f"C{i}", label=f"{target}-prediction")
-            ax.plot(dims, [data["exact"][str(d)][key] for d in dims], marker="o", ls=":", color="gray",
-                    label="exact denoiser")
-            ax.set(xscale="log", xlabel="ambient dimension D", ylabel=label,
-                   title=f"loss: {'v-loss for all (snr+1)' if weighting == 'snr+1' else 'each its own MSE'}")
+            ax.plot(
+                dims,
+                [data["exact"][str(d)][key] for d in dims],
+                marker="o",
+                ls=":",
+                color="gray",
+                label="exact denoiser",
+            )
+            ax.set(
+                xscale="log",
+                xlabel="ambient dimension D",
+                ylabel=label,
+                title=f"loss: {'v-loss for all (snr+1)' if weighting == 'snr+1' else 'each its own MSE'}",
+            )
             if key == "off":  # 0 for D = 2 and for the exact denoiser: linear below 1e-2
                 ax.set_yscale("symlog", linthresh=1e-2)
                 ax.set_ylim(bottom=0)
@@ -163,8 +211,9 @@ def plot(data: dict, path: Path) -> None:
             ax.set_xticks(dims, [str(d) for d in dims])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.grid(True, which="both", alpha=0.3)
-        row[0].axhspan(min(data["sw_floor"]), max(data["sw_floor"]), color="k", alpha=0.15,
-                       label="floor: data vs data (range)")
+        row[0].axhspan(
+            min(data["sw_floor"]), max(data["sw_floor"]), color="k", alpha=0.15, label="floor: data vs data (range)"
+        )
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"2-D ring embedded in D dims: same MLP, {data['steps']} steps per run")
     fig.tight_layout()
@@ -174,36 +223,44 @@ def plot(data: dict, path: Path) -> None:
 
 def markdown(data: dict, command: str) -> str:
     dims, floor = data["dims"], torch.tensor(data["sw_floor"])
-    head = ("| loss | target | " + " | ".join(f"D = {d}" for d in dims) + " |\n| --- | --- | "
-            + " | ".join("---:" for _ in dims) + " |\n")
+    head = (
+        "| loss | target | "
+        + " | ".join(f"D = {d}" for d in dims)
+        + " |\n| --- | --- | "
+        + " | ".join("---:" for _ in dims)
+        + " |\n"
+    )
 
     def fmt(v):
         return f"{v:.3f}" if v < 1e3 else f"{v:.1e}"
 
     def table(key):
-        rows = [f"| {w} | {t} | " + " | ".join(fmt(data["results"][w][str(d)][t][key]) for d in dims) + " |\n"
-                for w in data["weightings"] for t in TARGETS]
+        rows = [
+            f"| {w} | {t} | " + " | ".join(fmt(data["results"][w][str(d)][t][key]) for d in dims) + " |\n"
+            for w in data["weightings"]
+            for t in TARGETS
+        ]
         rows.append("| - | exact denoiser | " + " | ".join(fmt(data["exact"][str(d)][key]) for d in dims) + " |\n")
         return head + "".join(rows)
 
     return f"""## x0 vs eps vs v prediction in high dimension
 
 Command: `{command}`
-Machine: {machine_line(data['machine'])}
+Machine: {machine_line(data["machine"])}
 
-The ring of 8 Gaussians embedded in D dimensions by random orthonormal columns; the same MLP (4 x {data['width']},
-SiLU, the same initial weights), {data['steps']} Adam steps of {data['batch']} fresh points per run, {data['schedule']}.
+The ring of 8 Gaussians embedded in D dimensions by random orthonormal columns; the same MLP (4 x {data["width"]},
+SiLU, the same initial weights), {data["steps"]} Adam steps of {data["batch"]} fresh points per run, {data["schedule"]}.
 Loss `snr+1`: v-prediction's MSE for every target (only the output changes); `own`: each target's plain MSE.
-{data['n']:,} samples by DPM-Solver++(2M), {data['sample_steps']} steps, then x0_hat at t_min; the exact denoiser is
+{data["n"]:,} samples by DPM-Solver++(2M), {data["sample_steps"]} steps, then x0_hat at t_min; the exact denoiser is
 sampled the same way (what the sampler alone gives).
 
 Sliced W2 between the in-plane part of the samples and the data. Floor from sampling alone: other data samples of
 the same size are at {floor.mean():.3f} +- {floor.std():.3f} (mean +- sd of {len(floor)}, max {floor.max():.3f}).
 
-{table('sw')}
+{table("sw")}
 Off-manifold energy, RMS norm of the part outside the data plane (data: 0; the data's in-plane norm is about 1):
 
-{table('off')}
+{table("off")}
 ![quality vs D](prediction_targets.png)
 """
 
@@ -214,14 +271,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000, help="training steps per (D, loss, target) (default 2000)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--width", type=int, default=256, help="MLP width (default 256)")
-    ap.add_argument("--weightings", nargs="+", default=["snr+1", "own"],
-                    help="x0-loss weightings shared by all targets ('own': each target's plain MSE)")
+    ap.add_argument(
+        "--weightings",
+        nargs="+",
+        default=["snr+1", "own"],
+        help="x0-loss weightings shared by all targets ('own': each target's plain MSE)",
+    )
     ap.add_argument("--n", type=int, default=4000, help="samples per model (default 4000)")
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print the table only; write nothing into docs/")
-    ap.add_argument("--rerender", metavar="JSON",
-                    help="skip training: redo the floor, table and plot from a saved docs/bench JSON")
+    ap.add_argument(
+        "--rerender", metavar="JSON", help="skip training: redo the floor, table and plot from a saved docs/bench JSON"
+    )
     args = ap.parse_args()
     start = time.time()
     if args.rerender:
@@ -231,13 +293,23 @@ def main() -> None:
         assert math.isclose(data["sw_floor"][0], old[0], rel_tol=1e-9), "the floor does not match the saved run"
         options = {k: data[k] for k in ("dims", "steps", "batch", "width", "weightings", "n", "sample_steps", "seed")}
     else:
-        data = run(args.dims, steps=args.steps, batch=args.batch, width=args.width, weightings=args.weightings,
-                   n=args.n, sample_steps=args.sample_steps, seed=args.seed)
+        data = run(
+            args.dims,
+            steps=args.steps,
+            batch=args.batch,
+            width=args.width,
+            weightings=args.weightings,
+            n=args.n,
+            sample_steps=args.sample_steps,
+            seed=args.seed,
+        )
         data["machine"], data["seconds"] = machine(), time.time() - start
         options = {k: v for k, v in vars(args).items() if k not in ("no_write", "rerender")}
     command = "python bench/prediction_targets.py" + "".join(
         f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in options.items() if v != ap.get_default(k))
+        for k, v in options.items()
+        if v != ap.get_default(k)
+    )
     md = markdown(data, command)
     print(md)
     if not args.no_write:

@@ -2,10 +2,11 @@
 
     python bench/throughput.py --presets tiny small
 
-For each preset and setting, ``dlm.train.loop.train`` runs 2 x STEPS steps (STEPS: 60 for tiny, 4 for small) of the masked-diffusion objective and the
-tokens/s of the second half is kept (the first half absorbs compilation and warm-up). The bare loop runs the same
-model, objective, gradient clipping and optimiser on pre-loaded batches with nothing else (no data loader, LR
-schedule, logging, checkpointing): the difference is the trainer's overhead. Tiny eager fp32 runs are repeated 3 times (median). Writes docs/bench/throughput.json and its section of
+For each preset and setting, ``dlm.train.loop.train`` runs 2 x STEPS steps (STEPS: 60 for tiny, 4 for small) of
+the masked-diffusion objective and the tokens/s of the second half is kept (the first half absorbs compilation and
+warm-up). The bare loop runs the same model, objective, gradient clipping and optimiser on pre-loaded batches with
+nothing else (no data loader, LR schedule, logging, checkpointing): the difference is the trainer's overhead. Tiny
+eager fp32 runs are repeated 3 times (median). Writes docs/bench/throughput.json and its section of
 docs/RESULTS.md.
 """
 
@@ -52,7 +53,9 @@ def bare_tokens_per_sec(preset: str, steps: int, compile: bool, precision: str) 
     forward = torch.compile(model) if compile else model
     optimizer = build_optimizer(model, cfg.train)
     objective = OBJECTIVES.build(cfg, tokenizer)  # mdlm, as the trainer builds it
-    batches = [train_set.batch(range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size)) for i in range(2 * steps)]
+    batches = [
+        train_set.batch(range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size)) for i in range(2 * steps)
+    ]
     generator = torch.Generator().manual_seed(0)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
     for i, x0 in enumerate(batches):
@@ -70,8 +73,12 @@ def bare_tokens_per_sec(preset: str, steps: int, compile: bool, precision: str) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    ap.add_argument("--steps", type=int, default=None, help="measured steps, after as many warm-up steps "
-                    "(default: 20 for tiny, 4 for small and base)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="measured steps, after as many warm-up steps (default: 20 for tiny, 4 for small and base)",
+    )
     ap.add_argument("--settings", nargs="+", default=["eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16"])
     args = ap.parse_args()
     rows, data = [], {"machine": machine(), "results": []}
@@ -83,23 +90,38 @@ def main() -> None:
             compile = mode == "compile"
             n = repeats if setting == "eager-fp32" else 1
             dlm_tps = statistics.median(trainer_tokens_per_sec(preset, steps, compile, precision) for _ in range(n))
-            bare_tps = statistics.median(
-                bare_tokens_per_sec(preset, steps, compile, precision) for _ in range(repeats)
-            ) if setting == "eager-fp32" else None
+            bare_tps = (
+                statistics.median(bare_tokens_per_sec(preset, steps, compile, precision) for _ in range(repeats))
+                if setting == "eager-fp32"
+                else None
+            )
             overhead = (1 - dlm_tps / bare_tps) if bare_tps else None
-            data["results"].append({"preset": preset, "setting": setting, "steps": steps, "dlm_tokens_per_sec": dlm_tps,
-                                    "bare_tokens_per_sec": bare_tps, "overhead": overhead})
-            rows.append(f"| {preset} | {setting} | {dlm_tps:,.0f} | "
-                        + (f"{bare_tps:,.0f} | {100 * overhead:+.1f}% |" if bare_tps else "| |"))
+            data["results"].append(
+                {
+                    "preset": preset,
+                    "setting": setting,
+                    "steps": steps,
+                    "dlm_tokens_per_sec": dlm_tps,
+                    "bare_tokens_per_sec": bare_tps,
+                    "overhead": overhead,
+                }
+            )
+            rows.append(
+                f"| {preset} | {setting} | {dlm_tps:,.0f} | "
+                + (f"{bare_tps:,.0f} | {100 * overhead:+.1f}% |" if bare_tps else "| |")
+            )
             print(rows[-1], flush=True)
-    cmd = f"python bench/throughput.py --presets {' '.join(args.presets)}" + (f" --steps {args.steps}" if args.steps else "")
+    cmd = f"python bench/throughput.py --presets {' '.join(args.presets)}" + (
+        f" --steps {args.steps}" if args.steps else ""
+    )
     md = f"""## Training throughput
 
 Command: `{cmd}`
-Machine: {machine_line(data['machine'])}
+Machine: {machine_line(data["machine"])}
 
 Masked-diffusion objective, the preset's batch (tiny: 8 x 64 tokens, small: 16 x 256), tokens/s over the second half
-of each run (tiny: 60 + 60 steps, eager fp32 the median of 3 runs; small: 4 + 4; the first half absorbs compilation and warm-up).
+of each run (tiny: 60 + 60 steps, eager fp32 the median of 3 runs; small: 4 + 4; the first half absorbs compilation
+and warm-up).
 "bare loop" is the same model, objective, clipping and AdamW step on pre-loaded batches with nothing else;
 overhead = 1 - dlm / bare (negative: the trainer was faster, i.e. noise).
 

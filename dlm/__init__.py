@@ -25,4 +25,14 @@ from dlm.train.checkpoint import load
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "Result", "load", "masked_nelbo", "score_entropy_nelbo", "udlm_nelbo", "block_nelbo", "generate", "__version__"]
+__all__ = [
+    "Engine",
+    "Result",
+    "load",
+    "masked_nelbo",
+    "score_entropy_nelbo",
+    "udlm_nelbo",
+    "block_nelbo",
+    "generate",
+    "__version__",
+]

@@ -111,8 +111,11 @@ class RunConfig:
             if key not in fields:
                 raise _not_an_option(key, self.train.objective)
             expected = hints[key]
-            if not (expected is bool if isinstance(value, bool) else
-                    isinstance(value, (int, float) if expected is float else expected)):
+            if not (
+                expected is bool
+                if isinstance(value, bool)
+                else isinstance(value, (int, float) if expected is float else expected)
+            ):
                 raise DlmError(f"objective.{key} must be of type {expected.__name__}, got {value!r}")
             options[key] = float(value) if expected is float else value
         return config_cls(**options)
@@ -149,10 +152,15 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Reject values that cannot train, with a one-line DlmError naming the field."""
         positive = {
-            "data.seq_len": self.data.seq_len, "model.d_model": self.model.d_model,
-            "model.n_layers": self.model.n_layers, "model.n_heads": self.model.n_heads, "model.d_ff": self.model.d_ff,
-            "train.max_steps": self.train.max_steps, "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum, "train.log_every": self.train.log_every,
+            "data.seq_len": self.data.seq_len,
+            "model.d_model": self.model.d_model,
+            "model.n_layers": self.model.n_layers,
+            "model.n_heads": self.model.n_heads,
+            "model.d_ff": self.model.d_ff,
+            "train.max_steps": self.train.max_steps,
+            "train.batch_size": self.train.batch_size,
+            "train.grad_accum": self.train.grad_accum,
+            "train.log_every": self.train.log_every,
             "train.lr": self.train.lr,
         }
         for name, value in positive.items():
@@ -177,7 +185,7 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
     """Format 1 -> 2: train.graph/block_size/clip_beta/clip_omega/alpha0/variant move to the objective section,
     those the objective takes; the others (defaults: format 1 rejected non-defaults for other objectives) go."""
     if "objective" in d:
-        raise DlmError("config.json has an objective section but no format_version; add \"format_version\": 2")
+        raise DlmError('config.json has an objective section but no format_version; add "format_version": 2')
     train = dict(d.get("train", {})) if isinstance(d.get("train"), dict) else d.get("train")
     if not isinstance(train, dict):
         return d
@@ -196,9 +204,7 @@ def _build(cls, d: dict[str, Any], prefix: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise DlmError(
-            f"unknown config key {prefix + unknown[0]!r}; valid keys here: {', '.join(sorted(names))}"
-        )
+        raise DlmError(f"unknown config key {prefix + unknown[0]!r}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in d.items():
         sub = hints[name]

@@ -63,19 +63,32 @@ class Engine:
         name = sampler or self.samplers[0]
         entry = SAMPLERS.get(name)
         if name not in self.samplers:
-            raise DlmError(f"sampler {name!r} does not apply to a model trained with --objective "
-                           f"{self.config.train.objective}; use one of: {', '.join(self.samplers)}")
+            raise DlmError(
+                f"sampler {name!r} does not apply to a model trained with --objective "
+                f"{self.config.train.objective}; use one of: {', '.join(self.samplers)}"
+            )
         return name, entry.make_config(options, model_facts(self.config, self.tokenizer))
 
-    def generate(self, prompts: str | list[str], sampler: str | None = None, seed: int = 0, on_step=None,
-                 **options) -> list[Result]:
+    def generate(
+        self, prompts: str | list[str], sampler: str | None = None, seed: int = 0, on_step=None, **options
+    ) -> list[Result]:
         """One continuation per prompt (see the module docstring)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return self.generate_ids([self.tokenizer.encode(p) for p in prompts], sampler, seed, on_step, **options)
 
-    def generate_ids(self, prompts: list[list[int]], sampler: str | None = None, seed: int = 0, on_step=None, *,
-                     gen_length: int = 64, stop_at_eos: bool = True, batch_size: int = 16, history: bool = False,
-                     **options) -> list[Result]:
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        sampler: str | None = None,
+        seed: int = 0,
+        on_step=None,
+        *,
+        gen_length: int = 64,
+        stop_at_eos: bool = True,
+        batch_size: int = 16,
+        history: bool = False,
+        **options,
+    ) -> list[Result]:
         """``generate`` for prompts given as token ids."""
         if not prompts:
             raise DlmError("there must be at least one prompt")
@@ -85,19 +98,23 @@ class Engine:
         entry, tok = SAMPLERS.get(name), self.tokenizer
         longest, context = max(len(e) for e in prompts), self.config.model.max_seq_len
         if longest + gen_length > context:
-            raise DlmError(f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
-                           f"{context} tokens; shorten the prompt or lower --gen-length")
+            raise DlmError(
+                f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
+                f"{context} tokens; shorten the prompt or lower --gen-length"
+            )
         device = _device(self.model)
         results: list[Result] = []
         for first in range(0, len(prompts), batch_size):
             rows = prompts[first : first + batch_size]
-            batch = SampleBatch.from_prompts(rows, gen_length, mask_id=tok.mask_id, eos_id=tok.eos_id,
-                                             pad_id=tok.pad_id)
+            batch = SampleBatch.from_prompts(
+                rows, gen_length, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id
+            )
             batch = _to(batch, device)
             generators = [torch.Generator(device=device).manual_seed(seed + first + i) for i in range(len(rows))]
             start = time.perf_counter()
-            out = run_sampler(entry, self.model, batch, config, generators, on_step, stop_at_eos=stop_at_eos,
-                              history=history)
+            out = run_sampler(
+                entry, self.model, batch, config, generators, on_step, stop_at_eos=stop_at_eos, history=history
+            )
             seconds = time.perf_counter() - start
             for j, row in enumerate(out.tokens[:, batch.prompt_len :].tolist()):
                 if stop_at_eos and tok.eos_id in row:
@@ -118,5 +135,12 @@ def _to(batch: SampleBatch, device: torch.device) -> SampleBatch:
     if batch.tokens.device == device:
         return batch
     real = None if batch.real is None else batch.real.to(device)
-    return SampleBatch(batch.tokens.to(device), batch.fixed.to(device), real, batch.prompt_len, batch.mask_id,
-                       batch.eos_id, batch.pad_id)
+    return SampleBatch(
+        batch.tokens.to(device),
+        batch.fixed.to(device),
+        real,
+        batch.prompt_len,
+        batch.mask_id,
+        batch.eos_id,
+        batch.pad_id,
+    )

@@ -41,6 +41,4 @@ PRESETS.register(
 def preset_config(name: str) -> RunConfig:
     """A fresh copy of preset ``name`` (an unknown name lists the valid ones)."""
     base = PRESETS.get(name)
-    return RunConfig(
-        preset=base.preset, data=replace(base.data), model=replace(base.model), train=replace(base.train)
-    )
+    return RunConfig(preset=base.preset, data=replace(base.data), model=replace(base.model), train=replace(base.train))

@@ -12,6 +12,7 @@ import typer
 
 # isort: off
 from dlm.cli import train, evaluate, sample, demo, bench  # noqa: F401  (each registers its command, in this order)
+
 # isort: on
 from dlm.cli.app import app
 from dlm.cli.sample import sample_texts  # noqa: F401  (deprecated alias, kept for one release)

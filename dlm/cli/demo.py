@@ -16,7 +16,6 @@ DEMO_PROMPTS = [
 ]
 
 
-
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory of the demo model."),
@@ -44,15 +43,20 @@ def demo(
     typer.echo("== 2/3 evaluating on Persuasion (the held-out novel), first 64 sequences, 2 draws each")
     _, _, val = load_packed(cfg.data, tokenizer)
     report = evaluate(model, OBJECTIVES.build(cfg, tokenizer), val, tokenizer, num_samples=2, max_sequences=64)
-    typer.echo(f"   perplexity <= {report['ppl']:.1f}, bits per byte <= {report['bits_per_byte']:.3f} "
-               f"({report['tokens']} tokens; an upper bound; `dlm eval {out}` evaluates the whole split)")
+    typer.echo(
+        f"   perplexity <= {report['ppl']:.1f}, bits per byte <= {report['bits_per_byte']:.3f} "
+        f"({report['tokens']} tokens; an upper bound; `dlm eval {out}` evaluates the whole split)"
+    )
     typer.echo("== 3/3 sampling with MDLM's ancestral sampler: 48 tokens, 48 steps, temperature 1")
     engine = Engine(model, tokenizer, cfg)
     for i, p in enumerate(DEMO_PROMPTS):
-        (result,) = engine.generate([p], "ancestral", seed + i, gen_length=48, steps=48, temperature=1.0,
-                                    stop_at_eos=False, history=(i == 0))
+        (result,) = engine.generate(
+            [p], "ancestral", seed + i, gen_length=48, steps=48, temperature=1.0, stop_at_eos=False, history=(i == 0)
+        )
         if result.history:
             print_steps("ancestral", result.history)
         typer.echo(f"--- {p!r} ->\n{p}{result.text}\n")
-    typer.echo(f"done. Try LLaDA's sampler: dlm sample {out} --prompt \"Emma\" --gen-length 64 --steps 64 "
-               "--block-length 16 --temperature 1 --show-steps")
+    typer.echo(
+        f'done. Try LLaDA\'s sampler: dlm sample {out} --prompt "Emma" --gen-length 64 --steps 64 '
+        "--block-length 16 --temperature 1 --show-steps"
+    )

@@ -32,14 +32,24 @@ def eval_(
     model, tokenizer, cfg = dlm.load(run_dir)
     objective = OBJECTIVES.build(cfg, tokenizer)
     _, _, val = load_packed(cfg.data, tokenizer)
-    report = evaluate(model, objective, val, tokenizer, num_samples=num_samples, seed=seed,
-                      max_sequences=max_sequences, batch_size=batch_size)
+    report = evaluate(
+        model,
+        objective,
+        val,
+        tokenizer,
+        num_samples=num_samples,
+        seed=seed,
+        max_sequences=max_sequences,
+        batch_size=batch_size,
+    )
     if json_:
         typer.echo(json.dumps(report, indent=2))
         return
     rel = "<=" if report["is_bound"] else "="
-    typer.echo(f"{run_dir}: {objective.name} on {cfg.data.name} validation, {report['tokens']} tokens"
-               + (f", {num_samples} Monte Carlo draws per sequence (an upper bound)" if report["is_bound"] else " (exact)"))
+    typer.echo(
+        f"{run_dir}: {objective.name} on {cfg.data.name} validation, {report['tokens']} tokens"
+        + (f", {num_samples} Monte Carlo draws per sequence (an upper bound)" if report["is_bound"] else " (exact)")
+    )
     typer.echo(f"  nats/token     {rel} {report['nats_per_token']:.4f}")
     typer.echo(f"  perplexity     {rel} {report['ppl']:.2f}")
     typer.echo(f"  bits per byte  {rel} {report['bits_per_byte']:.4f}")

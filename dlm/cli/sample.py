@@ -22,16 +22,20 @@ def sample(
         64, "--gen-length", "--max-new-tokens", help="Tokens to generate (fewer when a sample ends at EOS)."
     ),
     sampler: Optional[str] = typer.Option(
-        None, help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); udlm (udlm); embed-ddpm, "
-        "embed-ddim, embed-dpmpp-2m (diffusion-lm); block (bd3lm); esolm (esolm). Default: the model's own."
+        None,
+        help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); udlm (udlm); embed-ddpm, "
+        "embed-ddim, embed-dpmpp-2m (diffusion-lm); block (bd3lm); esolm (esolm). Default: the model's own.",
     ),
     steps: Optional[int] = typer.Option(
-        None, help="Denoising steps of the whole generation (default: one per token); with --threshold, the cap. "
-        "Diffusion samplers only."
+        None,
+        help="Denoising steps of the whole generation (default: one per token); with --threshold, the cap. "
+        "Diffusion samplers only.",
     ),
     block_length: Optional[int] = typer.Option(
-        None, "--block-length", help="confidence: semi-autoregressive block (default: the whole generation); "
-        "block: the block size (default: the model's)."
+        None,
+        "--block-length",
+        help="confidence: semi-autoregressive block (default: the whole generation); "
+        "block: the block size (default: the model's).",
     ),
     temperature: Optional[float] = typer.Option(
         None, help="Default 0 for confidence (LLaDA's greedy candidates), 1 for ar, ancestral, block, esolm."
@@ -45,8 +49,9 @@ def sample(
         None, help="confidence: commit every position with confidence >= T each step (Fast-dLLM)."
     ),
     cache: Optional[str] = typer.Option(
-        None, help="confidence: none (default), prefix or dual (Fast-dLLM's approximate caches, refreshed at every "
-        "block start); ar, block, esolm: kv (default, exact) or none."
+        None,
+        help="confidence: none (default), prefix or dual (Fast-dLLM's approximate caches, refreshed at every "
+        "block start); ar, block, esolm: kv (default, exact) or none.",
     ),
     refresh_every: Optional[int] = typer.Option(
         None, "--refresh-every", help="confidence with --cache: also refresh the cache every N steps in a block."
@@ -71,14 +76,31 @@ def sample(
         prompt = read_prompt_file(prompt_file)
     if num_samples <= 0 or batch_size <= 0 or not prompt:
         raise DlmError("--num-samples and --batch-size must be positive, and there must be a prompt")
-    options = dict(steps=steps, block_length=block_length, temperature=temperature, top_p=top_p, top_k=top_k,
-                   remasking=remasking, threshold=threshold, cache=cache, refresh_every=refresh_every,
-                   cfg_scale=cfg_scale)
+    options = dict(
+        steps=steps,
+        block_length=block_length,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        remasking=remasking,
+        threshold=threshold,
+        cache=cache,
+        refresh_every=refresh_every,
+        cfg_scale=cfg_scale,
+    )
     options = {k: v for k, v in options.items() if v is not None}  # only what was given reaches the sampler
     engine = Engine.load(run_dir)
     prompts = [p for p in prompt for _ in range(num_samples)]
-    results = engine.generate(prompts, sampler, seed, gen_length=gen_length, stop_at_eos=stop_at_eos,
-                              batch_size=batch_size, history=show_steps, **options)
+    results = engine.generate(
+        prompts,
+        sampler,
+        seed,
+        gen_length=gen_length,
+        stop_at_eos=stop_at_eos,
+        batch_size=batch_size,
+        history=show_steps,
+        **options,
+    )
     if show_steps:
         print_steps(sampler or engine.samplers[0], results[0].history)
     for i, r in enumerate(results):
@@ -102,17 +124,22 @@ def read_prompt_file(path: Path) -> list[str]:
         raise DlmError(f"--prompt-file {path} is not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
 
 
-def sample_texts(model, tokenizer, cfg, prompts, *, gen_length, sampler=None, stop_at_eos=False, seed=0,
-                 show_steps=False, **options) -> list[str]:
+def sample_texts(
+    model, tokenizer, cfg, prompts, *, gen_length, sampler=None, stop_at_eos=False, seed=0, show_steps=False, **options
+) -> list[str]:
     """Deprecated (moved to ``dlm.Engine(model, tokenizer, cfg).generate``; kept for one release): prompt +
     continuation texts, prompt i seeded ``seed + i``."""
     import warnings
 
     from dlm.engine import Engine
 
-    warnings.warn("dlm.cli.sample_texts is deprecated: use dlm.Engine(model, tokenizer, config).generate",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "dlm.cli.sample_texts is deprecated: use dlm.Engine(model, tokenizer, config).generate",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     options = {k: v for k, v in options.items() if v is not None}
-    results = Engine(model, tokenizer, cfg).generate(prompts, sampler, seed, gen_length=gen_length,
-                                                     stop_at_eos=stop_at_eos, batch_size=len(prompts), **options)
+    results = Engine(model, tokenizer, cfg).generate(
+        prompts, sampler, seed, gen_length=gen_length, stop_at_eos=stop_at_eos, batch_size=len(prompts), **options
+    )
     return [r.prompt + r.text for r in results]

@@ -15,23 +15,26 @@ from dlm.errors import DlmError
 def train(
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
     objective: str = typer.Option(
-        "mdlm", help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
+        "mdlm",
+        help="Training objective: ar (next-token), mdlm (masked diffusion), sedd (score entropy), "
         "udlm (uniform-state diffusion), diffusion-lm (embeddings), bd3lm (block diffusion), esolm (diffusion then "
-        "AR, Eso-LM)."
+        "AR, Eso-LM).",
     ),
     block_size: Optional[int] = typer.Option(
         None, "--block-size", help="bd3lm: tokens per block, a divisor of the sequence length (default 16)."
     ),
-    graph: Optional[str] = typer.Option(
-        None, help="sedd only: the noise graph, absorb (masking; default) or uniform."
-    ),
+    graph: Optional[str] = typer.Option(None, help="sedd only: the noise graph, absorb (masking; default) or uniform."),
     alpha0: Optional[float] = typer.Option(
-        None, "--alpha0", help="esolm: expected fraction of tokens made by diffusion, in [0, 1] (1 = masked "
-        "diffusion, 0 = autoregressive; default 1)."
+        None,
+        "--alpha0",
+        help="esolm: expected fraction of tokens made by diffusion, in [0, 1] (1 = masked "
+        "diffusion, 0 = autoregressive; default 1).",
     ),
     variant: Optional[str] = typer.Option(
-        None, "--variant", help="esolm: attention variant, A (clean tokens attend both ways; better likelihood) or "
-        "B (causal in a random order; KV cache in both sampling phases; default)."
+        None,
+        "--variant",
+        help="esolm: attention variant, A (clean tokens attend both ways; better likelihood) or "
+        "B (causal in a random order; KV cache in both sampling phases; default).",
     ),
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
@@ -51,8 +54,10 @@ def train(
     eval_every: int = typer.Option(0, help="Validate every N steps (0: only at the end)."),
     save_every: int = typer.Option(0, help="Checkpoint every N steps (0: only at the end)."),
     set_: Optional[List[str]] = typer.Option(
-        None, "--set", help="Override any config field: --set model.d_model=256 --set train.ema=0.999; the "
-        "objective's options: --set objective.block_size=8 (--graph, --block-size, --alpha0, --variant: shorthands)."
+        None,
+        "--set",
+        help="Override any config field: --set model.d_model=256 --set train.ema=0.999; the "
+        "objective's options: --set objective.block_size=8 (--graph, --block-size, --alpha0, --variant: shorthands).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -94,6 +99,7 @@ def _set_objective_options(cfg, **shorthands) -> None:
             continue
         if not takes(cfg.train.objective, key):
             owners = " or ".join(n for n in OBJECTIVES if takes(n, key))
-            raise DlmError(f"--{key.replace('_', '-')} {value} applies to --objective {owners} only "
-                           f"(got {cfg.train.objective})")
+            raise DlmError(
+                f"--{key.replace('_', '-')} {value} applies to --objective {owners} only (got {cfg.train.objective})"
+            )
         cfg.objective[key] = value

@@ -100,7 +100,9 @@ def _load_hf(spec: str, text_column: str, val_fraction: float, local: bool = Fal
             name, _, config = spec.partition(":")
             ds = datasets.load_dataset(name, config or None)
     except Exception as e:  # datasets raises many kinds (network, format, missing config)
-        raise DlmError(f"could not load dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DlmError(
+            f"could not load dataset {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
     if "train" not in ds:
@@ -137,6 +139,4 @@ def load_corpus(name: str = "austen", *, text_column: str = "text", val_fraction
     path = Path(name).expanduser()
     if path.exists():
         return _load_local(path, text_column, val_fraction)
-    raise DlmError(
-        f"data {name!r} is not 'austen', an existing .txt file or folder, or 'hf:NAME'; check the path"
-    )
+    raise DlmError(f"data {name!r} is not 'austen', an existing .txt file or folder, or 'hf:NAME'; check the path")

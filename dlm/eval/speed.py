@@ -46,26 +46,43 @@ def default_settings(gen_length: int, block_length: int = 32, quick: bool = Fals
     grid = [
         Setting(f"ancestral T=1, {G} steps", "ancestral", steps=G),
         Setting(f"confidence T=1, {G} steps, block {K}", "confidence", steps=G, block_length=K),
-        Setting(f"confidence T=1, {G} steps, block {K}, dual cache", "confidence", steps=G, block_length=K, cache="dual"),
-        Setting(f"confidence T=1, tau=0.9, block {K}, dual cache", "confidence", block_length=K, threshold=0.9,
-                cache="dual"),
+        Setting(
+            f"confidence T=1, {G} steps, block {K}, dual cache", "confidence", steps=G, block_length=K, cache="dual"
+        ),
+        Setting(
+            f"confidence T=1, tau=0.9, block {K}, dual cache", "confidence", block_length=K, threshold=0.9, cache="dual"
+        ),
     ]
     if quick:
         return grid
     return grid + [
         Setting(f"ancestral T=1, {G // 4} steps", "ancestral", steps=G // 4),
-        Setting(f"confidence T=1, {G} steps, block {K}, prefix cache", "confidence", steps=G, block_length=K,
-                cache="prefix"),
+        Setting(
+            f"confidence T=1, {G} steps, block {K}, prefix cache", "confidence", steps=G, block_length=K, cache="prefix"
+        ),
         Setting(f"confidence T=1, {G // 4} steps, block {K}", "confidence", steps=G // 4, block_length=K),
-        Setting(f"confidence T=1, {G // 4} steps, block {K}, dual cache", "confidence", steps=G // 4, block_length=K,
-                cache="dual"),
+        Setting(
+            f"confidence T=1, {G // 4} steps, block {K}, dual cache",
+            "confidence",
+            steps=G // 4,
+            block_length=K,
+            cache="dual",
+        ),
         Setting(f"confidence T=1, tau=0.9, block {K}", "confidence", block_length=K, threshold=0.9),
-        Setting(f"confidence T=1, tau=0.7, block {K}, dual cache", "confidence", block_length=K, threshold=0.7,
-                cache="dual"),
-        Setting(f"confidence T=1, tau=0.5, block {K}, dual cache", "confidence", block_length=K, threshold=0.5,
-                cache="dual"),
-        Setting(f"confidence T=0, tau=0.9, block {K}, dual cache", "confidence", block_length=K, threshold=0.9,
-                cache="dual", temperature=0.0),
+        Setting(
+            f"confidence T=1, tau=0.7, block {K}, dual cache", "confidence", block_length=K, threshold=0.7, cache="dual"
+        ),
+        Setting(
+            f"confidence T=1, tau=0.5, block {K}, dual cache", "confidence", block_length=K, threshold=0.5, cache="dual"
+        ),
+        Setting(
+            f"confidence T=0, tau=0.9, block {K}, dual cache",
+            "confidence",
+            block_length=K,
+            threshold=0.9,
+            cache="dual",
+            temperature=0.0,
+        ),
     ]
 
 
@@ -83,16 +100,23 @@ class CallCounter:
         return self.model(*args, **kwargs)
 
 
-def generate_timed(model, tokenizer, cfg, setting: Setting, prompts: list[list[int]], *, gen_length: int,
-                   batch_size: int, seed: int) -> dict:
+def generate_timed(
+    model, tokenizer, cfg, setting: Setting, prompts: list[list[int]], *, gen_length: int, batch_size: int, seed: int
+) -> dict:
     """One continuation per prompt, ``batch_size`` at a time: samples (generated ids), seconds, calls per batch."""
     from dlm.engine import Engine
 
     counter = CallCounter(model)
     with torch.inference_mode():
         results = Engine(counter, tokenizer, cfg).generate_ids(
-            prompts, setting.sampler, seed, gen_length=gen_length, stop_at_eos=False, batch_size=batch_size,
-            **setting.options())
+            prompts,
+            setting.sampler,
+            seed,
+            gen_length=gen_length,
+            stop_at_eos=False,
+            batch_size=batch_size,
+            **setting.options(),
+        )
     times = [r.seconds for r in results[::batch_size]]  # one per batch
     return {
         "samples": [r.tokens for r in results],
@@ -116,23 +140,41 @@ class BenchResult:
     examples: list[str] = field(default_factory=list)
 
 
-def bench_setting(model, tokenizer, cfg, setting: Setting, prompts: list[list[int]], reference: ReferenceLM, *,
-                  gen_length: int, batch_size: int, batch1_samples: int, seed: int) -> BenchResult:
+def bench_setting(
+    model,
+    tokenizer,
+    cfg,
+    setting: Setting,
+    prompts: list[list[int]],
+    reference: ReferenceLM,
+    *,
+    gen_length: int,
+    batch_size: int,
+    batch1_samples: int,
+    seed: int,
+) -> BenchResult:
     """Time ``setting`` at batch 1 (first ``batch1_samples`` prompts) and at ``batch_size`` (all prompts), and score
     the samples of the batched run."""
-    batched = generate_timed(model, tokenizer, cfg, setting, prompts, gen_length=gen_length, batch_size=batch_size,
-                             seed=seed)
-    single = generate_timed(model, tokenizer, cfg, setting, prompts[:batch1_samples], gen_length=gen_length,
-                            batch_size=1, seed=seed)
+    batched = generate_timed(
+        model, tokenizer, cfg, setting, prompts, gen_length=gen_length, batch_size=batch_size, seed=seed
+    )
+    single = generate_timed(
+        model, tokenizer, cfg, setting, prompts[:batch1_samples], gen_length=gen_length, batch_size=1, seed=seed
+    )
     special = {tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id}
     texts = [tokenizer.decode(s) for s in batched["samples"]]
     contexts = [tokenizer.decode(p) for p in prompts]
     words = [[t for t in s if t not in special] for s in batched["samples"]]
     strip = lambda d: {k: v for k, v in d.items() if k != "samples"}  # noqa: E731
     return BenchResult(
-        name=setting.name, model=cfg.train.objective, setting=asdict(setting), batch1=strip(single),
-        batch=strip(batched), gen_ppl=generative_perplexity(reference, texts, contexts),
-        entropy=unigram_entropy(words), distinct2=distinct_n(words, 2),
+        name=setting.name,
+        model=cfg.train.objective,
+        setting=asdict(setting),
+        batch1=strip(single),
+        batch=strip(batched),
+        gen_ppl=generative_perplexity(reference, texts, contexts),
+        entropy=unigram_entropy(words),
+        distinct2=distinct_n(words, 2),
         batch1_equals_batch=single["samples"] == batched["samples"][:batch1_samples],
         examples=[contexts[i] + " ||| " + texts[i] for i in range(min(2, len(texts)))],
     )
@@ -141,8 +183,16 @@ def bench_setting(model, tokenizer, cfg, setting: Setting, prompts: list[list[in
 def warm_up(model, tokenizer, cfg, gen_length: int) -> None:
     """One untimed short generation, so the first timed setting does not pay for allocator / kernel warm-up."""
     sampler = "ar" if cfg.train.objective == "ar" else "confidence"
-    generate_timed(model, tokenizer, cfg, Setting("warm-up", sampler, steps=4), [[tokenizer.eos_id]] * 2,
-                   gen_length=min(gen_length, 16), batch_size=2, seed=0)
+    generate_timed(
+        model,
+        tokenizer,
+        cfg,
+        Setting("warm-up", sampler, steps=4),
+        [[tokenizer.eos_id]] * 2,
+        gen_length=min(gen_length, 16),
+        batch_size=2,
+        seed=0,
+    )
 
 
 def summarise(results: list[BenchResult], ppl_tolerance: float = 0.10, entropy_tolerance: float = 0.10) -> dict:
@@ -153,13 +203,15 @@ def summarise(results: list[BenchResult], ppl_tolerance: float = 0.10, entropy_t
     for r in results:
         if r.model == "ar" or ar is None:
             continue
-        rows.append({
-            "name": r.name,
-            "speedup_batch1": r.batch1["tokens_per_s"] / ar.batch1["tokens_per_s"],
-            "speedup_batch": r.batch["tokens_per_s"] / ar.batch["tokens_per_s"],
-            "meets_quality": abs(r.gen_ppl / ar.gen_ppl - 1.0) <= ppl_tolerance
-            and abs(r.entropy - ar.entropy) <= entropy_tolerance,
-        })
+        rows.append(
+            {
+                "name": r.name,
+                "speedup_batch1": r.batch1["tokens_per_s"] / ar.batch1["tokens_per_s"],
+                "speedup_batch": r.batch["tokens_per_s"] / ar.batch["tokens_per_s"],
+                "meets_quality": abs(r.gen_ppl / ar.gen_ppl - 1.0) <= ppl_tolerance
+                and abs(r.entropy - ar.entropy) <= entropy_tolerance,
+            }
+        )
     good = [row for row in rows if row["meets_quality"]]
     return {
         "ppl_tolerance": ppl_tolerance,
@@ -175,14 +227,15 @@ def summarise(results: list[BenchResult], ppl_tolerance: float = 0.10, entropy_t
 def markdown_table(results: list[BenchResult], summary: dict, batch_size: int) -> str:
     speed = {row["name"]: row for row in summary["settings"]}
     lines = [
-        f"| setting | NFE/token (b=1 / b={batch_size}) | tokens/s (b=1) | latency s (b=1) | tokens/s (b={batch_size}) | "
+        f"| setting | NFE/token (b=1 / b={batch_size}) | tokens/s (b=1) | latency s (b=1) | "
+        f"tokens/s (b={batch_size}) | "
         f"latency s (b={batch_size}) | x AR (b=1) | x AR (b={batch_size}) | gen-PPL | entropy | distinct-2 | "
         "AR quality? |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in results:
         s = speed.get(r.name)
-        vs_ar = (f"{s['speedup_batch1']:.2f} | {s['speedup_batch']:.2f}" if s else "1.00 | 1.00")
+        vs_ar = f"{s['speedup_batch1']:.2f} | {s['speedup_batch']:.2f}" if s else "1.00 | 1.00"
         verdict = ("yes" if s["meets_quality"] else "no") if s else "(baseline)"
         lines.append(
             f"| {r.model}: {r.name} | {r.batch1['nfe_per_token']:.3f} / {r.batch['nfe_per_token']:.3f} | "
@@ -204,25 +257,43 @@ def plot(results: list[dict], path, batch_size: int) -> None:
     for ax, key, title in ((axes[0], "batch1", "batch 1"), (axes[1], "batch", f"batch {batch_size}")):
         for i, r in enumerate(results):
             is_ar, point = r["model"] == "ar", (r[key]["tokens_per_s"], r["gen_ppl"])
-            ax.scatter(*point, marker="*" if is_ar else "o", s=160 if is_ar else 40,
-                       color="crimson" if is_ar else f"C{i % 10}", zorder=3)
+            ax.scatter(
+                *point,
+                marker="*" if is_ar else "o",
+                s=160 if is_ar else 40,
+                color="crimson" if is_ar else f"C{i % 10}",
+                zorder=3,
+            )
             label = f"{'AR' if is_ar else i} (H={r['entropy']:.2f})"
             ax.annotate(label, point, fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log"), ax.set_yscale("log")
         ax.set_xlabel("generated tokens / s (log)"), ax.set_title(title), ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("generative perplexity under the reference (log; lower is better)")
     legend = "\n".join(f"{i}: {r['name']}" for i, r in enumerate(results) if r["model"] != "ar")
-    fig.text(0.70, 0.5, legend + "\n\nH: mean unigram entropy (nats)", fontsize=7, va="center", ha="left",
-             family="monospace")
+    fig.text(
+        0.70, 0.5, legend + "\n\nH: mean unigram entropy (nats)", fontsize=7, va="center", ha="left", family="monospace"
+    )
     fig.tight_layout(rect=(0, 0, 0.69, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", gen_length: int = 128,
-                     num_samples: int = 32, batch_size: int = 16, batch1_samples: int = 4, prompt_tokens: int = 16,
-                     block_length: int = 32, seed: int = 0, quick: bool = False, only: str | None = None,
-                     log=print) -> dict:
+def sample_benchmark(
+    run_dir,
+    ar_run_dir=None,
+    *,
+    reference: str = "smollm2",
+    gen_length: int = 128,
+    num_samples: int = 32,
+    batch_size: int = 16,
+    batch1_samples: int = 4,
+    prompt_tokens: int = 16,
+    block_length: int = 32,
+    seed: int = 0,
+    quick: bool = False,
+    only: str | None = None,
+    log=print,
+) -> dict:
     """Run the grid of ``dlm bench sample`` (``only``: a regular expression; just the settings whose "objective: name"
     it matches, e.g. ``^ar:|ancestral``); returns the JSON report (results, summary, protocol)."""
     import dlm
@@ -231,27 +302,38 @@ def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", ge
     from dlm.eval.generative import load_reference
 
     if min(gen_length, num_samples, batch_size, batch1_samples, prompt_tokens, block_length) <= 0:
-        raise DlmError("--gen-length, --num-samples, --batch-size, --batch1-samples, --prompt-tokens and "
-                       "--block-length must be positive")
+        raise DlmError(
+            "--gen-length, --num-samples, --batch-size, --batch1-samples, --prompt-tokens and "
+            "--block-length must be positive"
+        )
     if gen_length % min(block_length, gen_length):
         raise DlmError(f"--gen-length {gen_length} must be divisible by --block-length {block_length}")
     model, tokenizer, cfg = dlm.load(run_dir)
     if cfg.train.objective == "ar":
         raise DlmError(f"{run_dir} is an AR model; give the diffusion run first and the AR run with --ar")
     if prompt_tokens + gen_length > cfg.model.max_seq_len:
-        raise DlmError(f"--prompt-tokens + --gen-length ({prompt_tokens + gen_length}) exceed the model's context "
-                       f"of {cfg.model.max_seq_len} tokens")
+        raise DlmError(
+            f"--prompt-tokens + --gen-length ({prompt_tokens + gen_length}) exceed the model's context "
+            f"of {cfg.model.max_seq_len} tokens"
+        )
     _, _, val = load_packed(cfg.data, tokenizer)
     if len(val) < num_samples:
         raise DlmError(f"the validation split has {len(val)} sequences, fewer than --num-samples {num_samples}")
     prompt_texts = [tokenizer.decode(row[:prompt_tokens].tolist()) for row in val.batch(range(num_samples))]
     log(f"reference model: {reference}")
     ref = load_reference(reference)
+
     def wanted(objective: str, setting: Setting) -> bool:
         return only is None or re.search(only, f"{objective}: {setting.name}") is not None
 
-    runs = [(model, tokenizer, cfg, [st for st in default_settings(gen_length, block_length, quick)
-                                     if wanted(cfg.train.objective, st)])]
+    runs = [
+        (
+            model,
+            tokenizer,
+            cfg,
+            [st for st in default_settings(gen_length, block_length, quick) if wanted(cfg.train.objective, st)],
+        )
+    ]
     if ar_run_dir is not None and wanted("ar", Setting("T=1, KV cache", "ar")):
         ar_model, ar_tok, ar_cfg = dlm.load(ar_run_dir)
         if ar_cfg.train.objective != "ar":
@@ -262,18 +344,40 @@ def sample_benchmark(run_dir, ar_run_dir=None, *, reference: str = "smollm2", ge
         warm_up(m, tok, c, gen_length)
         prompts = [tok.encode(t) for t in prompt_texts]
         for setting in settings:
-            r = bench_setting(m, tok, c, setting, prompts, ref, gen_length=gen_length, batch_size=batch_size,
-                              batch1_samples=batch1_samples, seed=seed)
-            log(f"{r.model}: {r.name}: {r.batch1['tokens_per_s']:.1f} tok/s at batch 1, {r.batch['tokens_per_s']:.1f} "
+            r = bench_setting(
+                m,
+                tok,
+                c,
+                setting,
+                prompts,
+                ref,
+                gen_length=gen_length,
+                batch_size=batch_size,
+                batch1_samples=batch1_samples,
+                seed=seed,
+            )
+            log(
+                f"{r.model}: {r.name}: {r.batch1['tokens_per_s']:.1f} tok/s at batch 1, {r.batch['tokens_per_s']:.1f} "
                 f"at batch {batch_size}, NFE/token {r.batch['nfe_per_token']:.3f}, gen-PPL {r.gen_ppl:.1f}, "
-                f"entropy {r.entropy:.2f}")
+                f"entropy {r.entropy:.2f}"
+            )
             results.append(r)
-    return report(results, {
-        "run": str(run_dir), "ar_run": None if ar_run_dir is None else str(ar_run_dir), "reference": ref.name,
-        "gen_length": gen_length, "num_samples": num_samples, "batch_size": batch_size,
-        "batch1_samples": batch1_samples, "prompt_tokens": prompt_tokens, "block_length": block_length,
-        "seed": seed, "threads": torch.get_num_threads(),
-    })
+    return report(
+        results,
+        {
+            "run": str(run_dir),
+            "ar_run": None if ar_run_dir is None else str(ar_run_dir),
+            "reference": ref.name,
+            "gen_length": gen_length,
+            "num_samples": num_samples,
+            "batch_size": batch_size,
+            "batch1_samples": batch1_samples,
+            "prompt_tokens": prompt_tokens,
+            "block_length": block_length,
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+        },
+    )
 
 
 def report(results: list[BenchResult], protocol: dict) -> dict:

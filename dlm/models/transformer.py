@@ -254,7 +254,11 @@ class Transformer(nn.Module):
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * self.config.n_layers) if name.endswith(("out.weight", "mlp.2.weight")) else 0.02
+                std = (
+                    0.02 / math.sqrt(2 * self.config.n_layers)
+                    if name.endswith(("out.weight", "mlp.2.weight"))
+                    else 0.02
+                )
                 nn.init.normal_(p, std=std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -366,8 +370,12 @@ class Transformer(nn.Module):
         if inputs_embeds is not None or x is None:
             if (x is None) == (inputs_embeds is None):
                 raise ValueError("pass either token ids x or inputs_embeds, not both or neither")
-            warnings.warn("model(None, t, inputs_embeds=z) is deprecated: call model.forward_embeds(z, t), which "
-                          "returns the same features", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "model(None, t, inputs_embeds=z) is deprecated: call model.forward_embeds(z, t), which "
+                "returns the same features",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             return self.forward_embeds(inputs_embeds, t, **kw)
         return self.logits(self.forward_embeds(self.embed(x), t, **kw))  # (B, L, V)
 

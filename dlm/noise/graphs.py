@@ -42,8 +42,9 @@ def absorb_shift(total_noise: torch.Tensor, V: int) -> torch.Tensor:
     return torch.log(torch.expm1(total_noise)) + math.log(V - 1)
 
 
-def log_ratios(logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, graph: str,
-               schedule: Schedule) -> torch.Tensor:
+def log_ratios(
+    logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, graph: str, schedule: Schedule
+) -> torch.Tensor:
     """SEDD's output scaling: logits [B, L, V] at times t [B] -> log s [B, L, V] (float32, or float64 for float64
     logits), with log s = 0 at y = xt^l."""
     if graph not in GRAPH_NAMES:
@@ -75,8 +76,9 @@ def _uniform_probs(log_s, x, delta: float, method: str, final: bool, mask_id: in
     return back.clamp_min(0.0) * fwd
 
 
-def step_probs(graph: str, log_s: torch.Tensor, x: torch.Tensor, delta: float, method: str, final: bool,
-               mask_id: int) -> torch.Tensor:
+def step_probs(
+    graph: str, log_s: torch.Tensor, x: torch.Tensor, delta: float, method: str, final: bool, mask_id: int
+) -> torch.Tensor:
     """The reverse step's probabilities [B, L, V] in float64 at every position (module docstring)."""
     if method not in METHODS:
         raise DlmError(f"unknown SEDD step {method!r}; choose one of: {', '.join(METHODS)}")

@@ -29,8 +29,9 @@ def uniform_tokens(
     return torch.where(resampled, random, x0), resampled
 
 
-def mean_log_ratios(logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, schedule: Schedule,
-                    mask_id: int) -> torch.Tensor:
+def mean_log_ratios(
+    logits: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, schedule: Schedule, mask_id: int
+) -> torch.Tensor:
     """x0-prediction logits [B, L, N] at times t [B] -> log s [B, L, N] = log xbar_t[y] - log xbar_t[xt^l]
     (float32, or float64 for float64 logits), xbar_t = alpha x_theta + (1 - alpha) / N; 0 at y = xt^l."""
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32

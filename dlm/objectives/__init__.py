@@ -7,6 +7,13 @@ and bounds for any callable model.
     objective.loss(model, x0, generator) -> LossOutput;  objective.nll(model, x0, num_samples, generator) -> [B]
 """
 
+# parameterisations shared with the samplers live in dlm.noise; re-exported here for the objectives' users
+from dlm.noise.block import bd3_attention_mask, block_causal_mask  # noqa: E402
+from dlm.noise.gaussian import TARGETS, convert, predict_x0_eps, target_coefficients  # noqa: E402
+from dlm.noise.graphs import log_ratios  # noqa: E402
+from dlm.noise.hybrid import esolm_diffusion_mask, esolm_sequential_mask  # noqa: E402
+from dlm.noise.masked import subs_log_probs  # noqa: E402
+from dlm.noise.uniform import mean_log_ratios  # noqa: E402
 from dlm.objectives.ar import AR, ar_sequence_nll, ar_token_nll
 from dlm.objectives.base import LossOutput, Objective, ObjectiveRegistry, monte_carlo
 from dlm.objectives.block import BD3LM, block_nelbo
@@ -23,14 +30,6 @@ from dlm.objectives.gaussian import WEIGHTINGS, gaussian_loss, x0_loss_factor
 from dlm.objectives.masked import MDLM, masked_nelbo
 from dlm.objectives.score_entropy import GRAPHS, SEDD, score_entropy_loss, score_entropy_nelbo
 from dlm.objectives.udlm import UDLM, MeanRatios, udlm_nelbo
-
-# parameterisations shared with the samplers live in dlm.noise; re-exported here for the objectives' users
-from dlm.noise.block import bd3_attention_mask, block_causal_mask  # noqa: E402
-from dlm.noise.gaussian import TARGETS, convert, predict_x0_eps, target_coefficients  # noqa: E402
-from dlm.noise.graphs import log_ratios  # noqa: E402
-from dlm.noise.hybrid import esolm_diffusion_mask, esolm_sequential_mask  # noqa: E402
-from dlm.noise.masked import subs_log_probs  # noqa: E402
-from dlm.noise.uniform import mean_log_ratios  # noqa: E402
 
 OBJECTIVES = ObjectiveRegistry("objective")
 for _cls in (AR, MDLM, DiffusionLM, SEDD, UDLM, BD3LM, EsoLM):

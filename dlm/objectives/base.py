@@ -41,12 +41,21 @@ class Objective:
     class Config:
         """No options."""
 
-    def __init__(self, config=None, *, mask_id: int, eos_id: int, vocab_size: int, schedule: str | None = None,
-                 antithetic: bool = True):
+    def __init__(
+        self,
+        config=None,
+        *,
+        mask_id: int,
+        eos_id: int,
+        vocab_size: int,
+        schedule: str | None = None,
+        antithetic: bool = True,
+    ):
         config = self.Config() if config is None else config
         if type(config) is not self.Config:
-            raise DlmError(f"the {self.name} objective takes a {type(self).__name__}.Config, "
-                           f"got {type(config).__qualname__}")
+            raise DlmError(
+                f"the {self.name} objective takes a {type(self).__name__}.Config, got {type(config).__qualname__}"
+            )
         self.config = config
         self.mask_id, self.eos_id, self.vocab_size = mask_id, eos_id, vocab_size
         self.schedule = self.default_schedule if schedule is None else schedule
@@ -103,6 +112,11 @@ class ObjectiveRegistry(Registry[type]):
         """The objective named ``run_config.train.objective`` with the options of ``run_config.objective``;
         special ids from ``tokenizer``, the vocabulary from ``run_config.model``."""
         cls = self.get(run_config.train.objective)
-        return cls(run_config.objective_config(), mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
-                   vocab_size=run_config.model.vocab_size, schedule=run_config.train.schedule,
-                   antithetic=run_config.train.antithetic)
+        return cls(
+            run_config.objective_config(),
+            mask_id=tokenizer.mask_id,
+            eos_id=tokenizer.eos_id,
+            vocab_size=run_config.model.vocab_size,
+            schedule=run_config.train.schedule,
+            antithetic=run_config.train.antithetic,
+        )

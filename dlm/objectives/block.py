@@ -32,6 +32,7 @@ from dlm.noise.masked import subs_log_probs
 from dlm.noise.schedules import Schedule, get_schedule
 from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
+
 def check_block_size(length: int, block_size: int) -> int:
     """The number of blocks; a one-line error when ``block_size`` does not cut ``length`` into whole blocks."""
     if block_size <= 0 or length % block_size:
@@ -80,9 +81,12 @@ def block_nelbo(
     num_blocks = check_block_size(x0.shape[1], block_size)
     return monte_carlo(
         lambda t: _block_draw(model, x0, t, block_size, schedule, mask_id, generator)[0],
-        lambda n: sample_block_times(n, num_blocks, generator=generator, antithetic=antithetic, t_range=t_range,
-                                     device=x0.device),
-        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device,
+        lambda n: sample_block_times(
+            n, num_blocks, generator=generator, antithetic=antithetic, t_range=t_range, device=x0.device
+        ),
+        num_samples=num_samples,
+        batch_size=x0.shape[0],
+        device=x0.device,
     )
 
 
@@ -101,19 +105,25 @@ class BD3LM(Objective):
 
         def __post_init__(self):
             if self.block_size <= 0:
-                raise DlmError(f"--block-size {self.block_size} must be positive (objective.block_size, tokens per "
-                               f"block, a divisor of data.seq_len)")
+                raise DlmError(
+                    f"--block-size {self.block_size} must be positive (objective.block_size, tokens per "
+                    f"block, a divisor of data.seq_len)"
+                )
             if not 0.0 <= self.clip_beta < self.clip_omega <= 1.0:
-                raise DlmError(f"the clipped schedule needs 0 <= objective.clip_beta < objective.clip_omega <= 1, "
-                               f"got [{self.clip_beta}, {self.clip_omega}]")
+                raise DlmError(
+                    f"the clipped schedule needs 0 <= objective.clip_beta < objective.clip_omega <= 1, "
+                    f"got [{self.clip_beta}, {self.clip_omega}]"
+                )
 
     @classmethod
     def configure(cls, run_config) -> None:
         """Whole blocks in a training sequence, a known schedule, and no time conditioning (SUBS)."""
         block_size, seq_len = run_config.objective_config().block_size, run_config.data.seq_len
         if seq_len % block_size:
-            raise DlmError(f"--block-size {block_size} must be positive and divide data.seq_len {seq_len}; "
-                           f"e.g. --block-size 4, 8 or 16")
+            raise DlmError(
+                f"--block-size {block_size} must be positive and divide data.seq_len {seq_len}; "
+                f"e.g. --block-size 4, 8 or 16"
+            )
         get_schedule(run_config.train.schedule)  # an unknown name lists the valid ones
         if run_config.model.time_conditioning:
             raise DlmError("bd3lm models take no time (SUBS): drop model.time_conditioning")
@@ -123,12 +133,24 @@ class BD3LM(Objective):
         c = self.config
         schedule = get_schedule(self.schedule)
         B, L = batch.shape
-        t = sample_block_times(B, check_block_size(L, c.block_size), generator=generator,
-                               antithetic=self.antithetic, t_range=(c.clip_beta, c.clip_omega),
-                               device=batch.device)  # (B, L/k)
+        t = sample_block_times(
+            B,
+            check_block_size(L, c.block_size),
+            generator=generator,
+            antithetic=self.antithetic,
+            t_range=(c.clip_beta, c.clip_omega),
+            device=batch.device,
+        )  # (B, L/k)
         nelbo, masked_frac = _block_draw(model, batch, t, c.block_size, schedule, self.mask_id, generator)
         return LossOutput(loss=nelbo.mean() / L, metrics={"masked_frac": masked_frac.detach()})
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
-        return block_nelbo(model, x0, block_size=self.config.block_size, mask_id=self.mask_id,
-                           schedule=self.schedule, num_samples=num_samples, generator=generator)
+        return block_nelbo(
+            model,
+            x0,
+            block_size=self.config.block_size,
+            mask_id=self.mask_id,
+            schedule=self.schedule,
+            num_samples=num_samples,
+            generator=generator,
+        )

@@ -109,7 +109,10 @@ def diffusion_lm_nelbo(
     mean = monte_carlo(
         draw,
         lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device).double(),
-        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device, dtype=torch.float64,
+        num_samples=num_samples,
+        batch_size=x0.shape[0],
+        device=x0.device,
+        dtype=torch.float64,
     )
     return prior.double() + mean
 
@@ -145,8 +148,9 @@ class DiffusionLM(Objective):
         # 1. embed the tokens: the clean data of the diffusion
         e = net.embed(x0)  # (B, L, E)
         # 2. sample t, noise the embeddings, predict x0 (the continuous path)
-        t = sample_times(x0.shape[0], generator=generator, antithetic=self.antithetic, t_min=t_min,
-                         device=x0.device)  # (B,)
+        t = sample_times(
+            x0.shape[0], generator=generator, antithetic=self.antithetic, t_min=t_min, device=x0.device
+        )  # (B,)
         z_t, _ = add_noise(e, t.to(e.dtype), schedule, generator)  # (B, L, E)
         x0_hat = call_method(model, "forward_embeds", z_t, t)  # (B, L, E), through DDP's forward
         mse = (x0_hat.float() - e.float()).pow(2).mean()
@@ -154,8 +158,10 @@ class DiffusionLM(Objective):
         rounding = rounding_nll(net, e, x0, noise_ratio, generator).mean()
         # 4. prior: the mean alpha_1 e of x_T towards 0
         prior = (alpha_1 * e.float()).pow(2).mean()
-        return LossOutput(loss=mse + rounding + prior,
-                          metrics={"mse": mse.detach(), "rounding": rounding.detach(), "prior": prior.detach()})
+        return LossOutput(
+            loss=mse + rounding + prior,
+            metrics={"mse": mse.detach(), "rounding": rounding.detach(), "prior": prior.detach()},
+        )
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
         return diffusion_lm_nelbo(model, x0, schedule=self.schedule, num_samples=num_samples, generator=generator)

@@ -36,6 +36,7 @@ from dlm.noise.hybrid import VARIANTS, HybridSchedule, esolm_diffusion_mask, eso
 from dlm.noise.masked import subs_log_probs
 from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
+
 def random_ranks(clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """clean: bool [B, L] -> rank [B, L], a uniformly random permutation of 0..L-1 per row with every clean
     position ranked before every masked one (one uniform per position)."""
@@ -108,7 +109,9 @@ def esolm_nelbo(
     return monte_carlo(
         lambda t: _esolm_draw(model, x0, t, alpha0, variant, mask_id, generator)[0],
         lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
-        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device,
+        num_samples=num_samples,
+        batch_size=x0.shape[0],
+        device=x0.device,
     )
 
 
@@ -127,29 +130,45 @@ class EsoLM(Objective):
 
         def __post_init__(self):
             if not 0.0 <= self.alpha0 <= 1.0:
-                raise DlmError(f"--alpha0 {self.alpha0} must be in [0, 1] (objective.alpha0, the expected fraction "
-                               f"of tokens made by diffusion; 1 = masked diffusion, 0 = autoregressive)")
+                raise DlmError(
+                    f"--alpha0 {self.alpha0} must be in [0, 1] (objective.alpha0, the expected fraction "
+                    f"of tokens made by diffusion; 1 = masked diffusion, 0 = autoregressive)"
+                )
             if self.variant not in VARIANTS:
-                raise DlmError(f"--variant {self.variant} is not an Eso-LM variant; choose A (better likelihood) or "
-                               f"B (KV cache in both phases)")
+                raise DlmError(
+                    f"--variant {self.variant} is not an Eso-LM variant; choose A (better likelihood) or "
+                    f"B (KV cache in both phases)"
+                )
 
     @classmethod
     def configure(cls, run_config) -> None:
         """The linear ``train.schedule`` (the objective's alpha0 (1 - t) is fixed) and no time conditioning."""
         if run_config.train.schedule != "linear":
-            raise DlmError(f"--objective esolm fixes its schedule to alpha_t = alpha0 (1 - t), not "
-                           f"{run_config.train.schedule!r}; drop --schedule")
+            raise DlmError(
+                f"--objective esolm fixes its schedule to alpha_t = alpha0 (1 - t), not "
+                f"{run_config.train.schedule!r}; drop --schedule"
+            )
         if run_config.model.time_conditioning:
             raise DlmError("esolm models take no time (SUBS): drop model.time_conditioning")
 
     def loss(self, model, batch, generator) -> LossOutput:
         """The NELBO of one draw per sequence, in nats per token; metrics masked_frac (zt) and ar_frac (z0)."""
         t = sample_times(batch.shape[0], generator=generator, antithetic=self.antithetic, device=batch.device)
-        nelbo, masked_frac, ar_frac = _esolm_draw(model, batch, t, self.config.alpha0, self.config.variant,
-                                                  self.mask_id, generator)
-        return LossOutput(loss=nelbo.mean() / batch.shape[1],
-                          metrics={"masked_frac": masked_frac.detach(), "ar_frac": ar_frac.detach()})
+        nelbo, masked_frac, ar_frac = _esolm_draw(
+            model, batch, t, self.config.alpha0, self.config.variant, self.mask_id, generator
+        )
+        return LossOutput(
+            loss=nelbo.mean() / batch.shape[1],
+            metrics={"masked_frac": masked_frac.detach(), "ar_frac": ar_frac.detach()},
+        )
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
-        return esolm_nelbo(model, x0, alpha0=self.config.alpha0, variant=self.config.variant, mask_id=self.mask_id,
-                           num_samples=num_samples, generator=generator)
+        return esolm_nelbo(
+            model,
+            x0,
+            alpha0=self.config.alpha0,
+            variant=self.config.variant,
+            mask_id=self.mask_id,
+            num_samples=num_samples,
+            generator=generator,
+        )

@@ -2,7 +2,8 @@
 
 For one sequence x0 of length L (MDLM eq. 10):
 
-    NELBO(x0) = E_{t ~ U(0,1)} [ w(t) * sum_{l : xt^l = m} -log p_theta(x0^l | xt) ],  w(t) = -alpha'(t) / (1 - alpha(t))
+    NELBO(x0) = E_{t ~ U(0,1)} [ w(t) * sum_{l : xt^l = m} -log p_theta(x0^l | xt) ],
+    w(t) = -alpha'(t) / (1 - alpha(t))
 
 an upper bound on -log p(x0), tight when p_theta is the data's exact conditional. SUBS: the model puts no mass
 on the mask token (its logit is set to -inf) and unmasked positions are carried over, so they cost nothing (only
@@ -52,7 +53,9 @@ def masked_nelbo(
     return monte_carlo(
         lambda t: _masked_draw(model, x0, t, schedule, mask_id, generator)[0],
         lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
-        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device,
+        num_samples=num_samples,
+        batch_size=x0.shape[0],
+        device=x0.device,
     )
 
 
@@ -74,5 +77,6 @@ class MDLM(Objective):
         return LossOutput(loss=nelbo.mean() / batch.shape[1], metrics={"masked_frac": masked_frac.detach()})
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
-        return masked_nelbo(model, x0, mask_id=self.mask_id, schedule=self.schedule, num_samples=num_samples,
-                            generator=generator)
+        return masked_nelbo(
+            model, x0, mask_id=self.mask_id, schedule=self.schedule, num_samples=num_samples, generator=generator
+        )

@@ -161,7 +161,10 @@ def score_entropy_nelbo(
     mean = monte_carlo(
         lambda t: _draw(model, x0, t, schedule, graph, mask_id, vocab_size, generator)[0],
         lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
-        num_samples=num_samples, batch_size=x0.shape[0], device=x0.device, dtype=torch.float64,
+        num_samples=num_samples,
+        batch_size=x0.shape[0],
+        device=x0.device,
+        dtype=torch.float64,
     )
     return (1.0 - t_min) * mean + _prior(graph, schedule, x0.shape[1], vocab_size)
 
@@ -216,11 +219,25 @@ class SEDD(Objective):
             run_config.model.time_conditioning = True
 
     def loss(self, model, batch, generator) -> LossOutput:
-        return score_entropy_loss(model, batch, graph=self.config.graph, mask_id=self.mask_id,
-                                  vocab_size=self.vocab_size, schedule=self.schedule, generator=generator,
-                                  antithetic=self.antithetic)
+        return score_entropy_loss(
+            model,
+            batch,
+            graph=self.config.graph,
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            schedule=self.schedule,
+            generator=generator,
+            antithetic=self.antithetic,
+        )
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
-        return score_entropy_nelbo(model, x0, graph=self.config.graph, mask_id=self.mask_id,
-                                   vocab_size=self.vocab_size, schedule=self.schedule, num_samples=num_samples,
-                                   generator=generator)
+        return score_entropy_nelbo(
+            model,
+            x0,
+            graph=self.config.graph,
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            schedule=self.schedule,
+            num_samples=num_samples,
+            generator=generator,
+        )

@@ -22,7 +22,6 @@ ancestral step p(z_s = y | z_t) proportional to (alpha_{t|s} [y = z_t] + (1 - al
 
 from __future__ import annotations
 
-
 import torch
 
 from dlm.noise import get_schedule
@@ -58,9 +57,18 @@ def udlm_nelbo(
 
     ``model(xt: LongTensor[B, L], t: FloatTensor[B]) -> x0 logits [B, L, N]`` can be any callable; N must be
     ``vocab_size``, the ids the noise draws from."""
-    return score_entropy_nelbo(MeanRatios(model, schedule, mask_id), x0, graph="uniform", mask_id=mask_id,
-                               vocab_size=vocab_size, schedule=schedule, num_samples=num_samples,
-                               generator=generator, antithetic=antithetic, t_min=t_min)
+    return score_entropy_nelbo(
+        MeanRatios(model, schedule, mask_id),
+        x0,
+        graph="uniform",
+        mask_id=mask_id,
+        vocab_size=vocab_size,
+        schedule=schedule,
+        num_samples=num_samples,
+        generator=generator,
+        antithetic=antithetic,
+        t_min=t_min,
+    )
 
 
 class UDLM(Objective):
@@ -78,10 +86,24 @@ class UDLM(Objective):
 
     def loss(self, model, batch, generator) -> LossOutput:
         """The NELBO of one draw per sequence, in nats per token: SEDD's loss on the mean ratios."""
-        return score_entropy_loss(MeanRatios(model, self.schedule, self.mask_id), batch, graph="uniform",
-                                  mask_id=self.mask_id, vocab_size=self.vocab_size, schedule=self.schedule,
-                                  generator=generator, antithetic=self.antithetic)
+        return score_entropy_loss(
+            MeanRatios(model, self.schedule, self.mask_id),
+            batch,
+            graph="uniform",
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            schedule=self.schedule,
+            generator=generator,
+            antithetic=self.antithetic,
+        )
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
-        return udlm_nelbo(model, x0, mask_id=self.mask_id, vocab_size=self.vocab_size, schedule=self.schedule,
-                          num_samples=num_samples, generator=generator)
+        return udlm_nelbo(
+            model,
+            x0,
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            schedule=self.schedule,
+            num_samples=num_samples,
+            generator=generator,
+        )

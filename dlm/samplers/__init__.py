@@ -49,8 +49,10 @@ SAMPLERS.register("sedd-analytic", Sampler("sedd-analytic", sedd_analytic, SeddC
 SAMPLERS.register("sedd-euler", Sampler("sedd-euler", sedd_euler, SeddConfig))
 SAMPLERS.register("udlm", Sampler("udlm", udlm_generate, UdlmConfig))
 for _ode in ("ddpm", "ddim", "dpmpp-2m"):
-    SAMPLERS.register(f"embed-{_ode}", Sampler(f"embed-{_ode}", embedding_sampler(_ode), EmbeddingConfig, pads=False,
-                                               per_row_generators=False))
+    SAMPLERS.register(
+        f"embed-{_ode}",
+        Sampler(f"embed-{_ode}", embedding_sampler(_ode), EmbeddingConfig, pads=False, per_row_generators=False),
+    )
 
 
 def model_facts(run_config, tokenizer=None) -> dict:
@@ -61,8 +63,12 @@ def model_facts(run_config, tokenizer=None) -> dict:
     option = lambda name, default: getattr(options, name, default)  # noqa: E731
 
     return dict(
-        schedule=cfg.train.schedule, time_conditioned=cfg.model.time_conditioning, vocab_size=cfg.model.vocab_size,
-        graph=option("graph", "absorb"), block_size=option("block_size", None), alpha0=option("alpha0", None),
+        schedule=cfg.train.schedule,
+        time_conditioned=cfg.model.time_conditioning,
+        vocab_size=cfg.model.vocab_size,
+        graph=option("graph", "absorb"),
+        block_size=option("block_size", None),
+        alpha0=option("alpha0", None),
         variant=option("variant", None),
     )
 

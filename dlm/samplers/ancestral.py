@@ -28,8 +28,9 @@ class AncestralConfig(SamplerConfig):
 
 
 @torch.no_grad()
-def ancestral_generate(model, batch: SampleBatch, config: AncestralConfig, generators=None,
-                       on_step=None) -> SampleOutput:
+def ancestral_generate(
+    model, batch: SampleBatch, config: AncestralConfig, generators=None, on_step=None
+) -> SampleOutput:
     """``model(x [B, L], t [B], attn_mask=, positions=) -> logits [B, L, V]`` -> the denoised canvas."""
     process = MaskedProcess(config.schedule, batch.mask_id)
     steps = config.steps or batch.gen_length
@@ -38,8 +39,9 @@ def ancestral_generate(model, batch: SampleBatch, config: AncestralConfig, gener
     keys, positions = batch.attention()
     kw = {} if keys is None else {"attn_mask": keys[:, None, :], "positions": positions}
     pads = batch.pads()  # a row draws only for its own columns
-    log_probs = ReuseLogits(lambda x, t: process.log_probs(model(x, t.float().expand(B), **kw)),
-                            reusable=not config.time_conditioned)
+    log_probs = ReuseLogits(
+        lambda x, t: process.log_probs(model(x, t.float().expand(B), **kw)), reusable=not config.time_conditioned
+    )
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=x.device)
     for i in range(steps):
         t, s = times[i], times[i + 1]
@@ -50,8 +52,17 @@ def ancestral_generate(model, batch: SampleBatch, config: AncestralConfig, gener
         if i == steps - 1:  # last step: fill every remaining mask with the most likely token
             x = torch.where(masked, log_p.argmax(-1), x)
         else:
-            x = process.step(x, log_p, s, t, generators, temperature=config.temperature, top_k=config.top_k,
-                             top_p=config.top_p, starts=pads)
+            x = process.step(
+                x,
+                log_p,
+                s,
+                t,
+                generators,
+                temperature=config.temperature,
+                top_k=config.top_k,
+                top_p=config.top_p,
+                starts=pads,
+            )
         state = lambda: SampleState(x, x != batch.mask_id, i + 1, log_probs.nfe, masked=x == batch.mask_id)  # noqa: E731
         if not report(on_step, state):
             break

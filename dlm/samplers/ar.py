@@ -57,8 +57,9 @@ def ar_generate(model, batch: SampleBatch, config: ArConfig, generators=None, on
     logits = next_logits(n, n)
     nfe = 1
     for i in range(G):
-        token = sample_categorical(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                                   generator=generators)  # (B,)
+        token = sample_categorical(
+            logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, generator=generators
+        )  # (B,)
         seq[:, n] = token
         n += 1
         x = seq[:, 1:]

@@ -50,8 +50,15 @@ class SampleBatch:
     pad_id: int | None = None
 
     @classmethod
-    def from_prompts(cls, prompts: Sequence[Sequence[int]], gen_length: int, *, mask_id: int,
-                     eos_id: int | None = None, pad_id: int | None = None) -> "SampleBatch":
+    def from_prompts(
+        cls,
+        prompts: Sequence[Sequence[int]],
+        gen_length: int,
+        *,
+        mask_id: int,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+    ) -> "SampleBatch":
         """Token lists -> a batch: prompts left-padded with ``pad_id``, then ``gen_length`` masks."""
         if gen_length <= 0:
             raise DlmError(f"gen_length must be positive, got {gen_length}")
@@ -71,8 +78,16 @@ class SampleBatch:
         return cls(tokens, fixed, None if bool(real.all()) else real, width, mask_id, eos_id, pad_id)
 
     @classmethod
-    def from_tensor(cls, prompt: torch.Tensor, gen_length: int, *, mask_id: int, prompt_mask=None,
-                    eos_id: int | None = None, pad_id: int | None = None) -> "SampleBatch":
+    def from_tensor(
+        cls,
+        prompt: torch.Tensor,
+        gen_length: int,
+        *,
+        mask_id: int,
+        prompt_mask=None,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+    ) -> "SampleBatch":
         """A prompt tensor [B, Lp] (``prompt_mask`` [B, Lp]: its real tokens, left-padded) -> a batch."""
         B, Lp = prompt.shape
         tokens = torch.cat([prompt, prompt.new_full((B, gen_length), mask_id)], 1)
@@ -120,8 +135,9 @@ class SampleBatch:
         keep = slice(None) if self.real is None else self.real[j]
         tokens = self.tokens[j : j + 1, keep]
         pads = 0 if self.real is None else int((~self.real[j]).sum())
-        return SampleBatch(tokens, self.fixed[j : j + 1, keep], None, self.prompt_len - pads, self.mask_id,
-                           self.eos_id, self.pad_id)
+        return SampleBatch(
+            tokens, self.fixed[j : j + 1, keep], None, self.prompt_len - pads, self.mask_id, self.eos_id, self.pad_id
+        )
 
 
 @dataclass
@@ -173,6 +189,7 @@ class ReuseLogits:
 
 
 # ----------------------------------------------------------------------------------------------- configs
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
@@ -236,6 +253,7 @@ class Sampler:
 
 
 # ----------------------------------------------------------------------------------------------- wrapper
+
 
 def ended_rows(tokens: torch.Tensor, committed: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
     """Rows [B] holding a committed ``eos_id`` at or after column ``start`` with every column before it

@@ -51,8 +51,9 @@ class BlockConfig(SamplerConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.cache not in BLOCK_CACHES:
-            raise DlmError(f"unknown cache {self.cache!r} for the block sampler; choose one of: "
-                           f"{', '.join(BLOCK_CACHES)}")
+            raise DlmError(
+                f"unknown cache {self.cache!r} for the block sampler; choose one of: {', '.join(BLOCK_CACHES)}"
+            )
         if not (self.block_length or self.block_size):
             raise DlmError("the block sampler needs a block size: pass --block-length (a bd3lm model's is the default)")
 
@@ -122,8 +123,17 @@ def block_generate(model, batch: SampleBatch, config: BlockConfig, generators=No
             if log_p is None:
                 log_p, nfe = block_log_probs(start, end), nfe + 1
             # step t -> s of the masked process (s = 0 at the block's last step: every mask is drawn)
-            new = process.step(block, log_p, times[i + 1], times[i], generators, temperature=config.temperature,
-                               top_k=config.top_k, top_p=config.top_p, rows=active)
+            new = process.step(
+                block,
+                log_p,
+                times[i + 1],
+                times[i],
+                generators,
+                temperature=config.temperature,
+                top_k=config.top_k,
+                top_p=config.top_p,
+                rows=active,
+            )
             if not torch.equal(new, block):
                 log_p = None  # the input changed: call the model again at the next step
             x[:, start:end] = new

@@ -19,9 +19,9 @@ block only (LLaDA draws them for the whole canvas and uses the block's).
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass, field
+
+import torch
 
 from dlm.errors import DlmError
 from dlm.models.transformer import CanvasCache
@@ -72,7 +72,9 @@ def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Commit the k[b] most confident positions of each row: bool [B, L] (one sort for the whole batch: the
     positions whose rank in their row's descending order is below k)."""
     order = confidence.argsort(dim=-1, descending=True, stable=True)  # (B, L)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    )
     return rank < k[:, None]
 
 
@@ -95,7 +97,9 @@ def check_blocks(gen_length: int, steps: int | None, block_length: int) -> int |
     if steps is None:
         return None
     if steps % num_blocks:
-        raise DlmError(f"steps {steps} must be divisible by the number of blocks {num_blocks} (gen_length / block_length)")
+        raise DlmError(
+            f"steps {steps} must be divisible by the number of blocks {num_blocks} (gen_length / block_length)"
+        )
     return steps // num_blocks
 
 
@@ -107,7 +111,9 @@ def _propose(logits, block, mask_id, temperature, top_k, top_p, confidence_of, g
     logits = logits.index_fill(-1, torch.tensor([mask_id], device=block.device), float("-inf"))  # SUBS
     if temperature > 0.0:  # argmax(logits / T + G) = argmax(logits + T G): LLaDA's draw, within top-k / top-p
         filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
-        x0_hat = (filtered + gumbel_noise(logits.shape, generator=generator, device=block.device, rows=active)).argmax(-1)
+        x0_hat = (filtered + gumbel_noise(logits.shape, generator=generator, device=block.device, rows=active)).argmax(
+            -1
+        )
     else:
         x0_hat = logits.argmax(-1)  # (B, K)
     confidence = confidence_of(logits, x0_hat, generator, active)  # (B, K)
@@ -135,12 +141,15 @@ class ConfidenceConfig(SamplerConfig):
         super().__post_init__()
         REMASKING.get(self.remasking)
         if self.cache not in CACHES:
-            raise DlmError(f"unknown cache {self.cache!r} for the confidence sampler; choose one of: {', '.join(CACHES)}")
+            raise DlmError(
+                f"unknown cache {self.cache!r} for the confidence sampler; choose one of: {', '.join(CACHES)}"
+            )
 
 
 @torch.no_grad()
-def confidence_sample(model, batch: SampleBatch, config: ConfidenceConfig, generators=None,
-                      on_step=None) -> SampleOutput:
+def confidence_sample(
+    model, batch: SampleBatch, config: ConfidenceConfig, generators=None, on_step=None
+) -> SampleOutput:
     """``model(x [B, L], [t,] attn_mask=, positions=, kv_cache=) -> logits`` -> the denoised canvas; one model
     call per step (CFG: twice the rows in that call)."""
     c = config
@@ -191,8 +200,9 @@ def confidence_sample(model, batch: SampleBatch, config: ConfidenceConfig, gener
             refresh = canvas is None or i == 0 or bool(c.refresh_every and i % c.refresh_every == 0)
             logits = block_logits(start, end, refresh)
             nfe, step = nfe + 1, step + 1
-            x0_hat, confidence = _propose(logits, x[:, start:end], mask_id, c.temperature, c.top_k, c.top_p,
-                                          confidence_of, generators)
+            x0_hat, confidence = _propose(
+                logits, x[:, start:end], mask_id, c.temperature, c.top_k, c.top_p, confidence_of, generators
+            )
             if c.threshold is None:
                 chosen = commit_top_k(confidence, commits[:, i])
             elif i == steps_per_block - 1:  # the cap: the block's last step commits what is left
@@ -206,8 +216,9 @@ def confidence_sample(model, batch: SampleBatch, config: ConfidenceConfig, gener
                 open_ = x[:, start:end] == mask_id
                 provisional[:, start:end] = torch.where(open_, x0_hat, x[:, start:end])
                 score[:, start:end] = torch.where(open_, confidence, float("nan"))
-                return SampleState(x, x != mask_id, step, nfe, masked=x == mask_id, provisional=provisional,
-                                   confidence=score)
+                return SampleState(
+                    x, x != mask_id, step, nfe, masked=x == mask_id, provisional=provisional, confidence=score
+                )
 
             if not report(on_step, state):
                 stop = True
@@ -217,12 +228,28 @@ def confidence_sample(model, batch: SampleBatch, config: ConfidenceConfig, gener
     return SampleOutput(x, nfe)
 
 
-def confidence_generate(model, prompt: torch.Tensor, *, mask_id: int, gen_length: int, steps: int | None = None,
-                        block_length: int | None = None, temperature: float = 0.0, remasking: str = "low_confidence",
-                        cfg_scale: float = 0.0, threshold: float | None = None, top_k: int = 0, top_p: float = 1.0,
-                        cache: str = "none", refresh_every: int | None = None, prompt_mask=None,
-                        eos_id: int | None = None, schedule=None, generator=None,
-                        history: list | None = None) -> torch.Tensor:
+def confidence_generate(
+    model,
+    prompt: torch.Tensor,
+    *,
+    mask_id: int,
+    gen_length: int,
+    steps: int | None = None,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    cache: str = "none",
+    refresh_every: int | None = None,
+    prompt_mask=None,
+    eos_id: int | None = None,
+    schedule=None,
+    generator=None,
+    history: list | None = None,
+) -> torch.Tensor:
     """LLaDA's ``generate``: prompt [B, Lp] -> tokens [B, Lp + gen_length] (``dlm.generate``, the public API; the
     sampler is ``confidence_sample`` under ``run_sampler``).
 
@@ -233,15 +260,32 @@ def confidence_generate(model, prompt: torch.Tensor, *, mask_id: int, gen_length
     models; ``generator``: one, or one per row; ``history`` (a list) receives the canvas [B, L] after every step."""
     batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id, prompt_mask=prompt_mask, eos_id=eos_id)
     name = None if schedule is None else getattr(schedule, "name", schedule)
-    config = ConfidenceConfig(steps=steps, block_length=block_length, temperature=temperature, remasking=remasking,
-                              cfg_scale=cfg_scale, threshold=threshold, top_k=top_k, top_p=top_p, cache=cache,
-                              refresh_every=refresh_every, schedule=name or "loglinear",
-                              time_conditioned=schedule is not None)
+    config = ConfidenceConfig(
+        steps=steps,
+        block_length=block_length,
+        temperature=temperature,
+        remasking=remasking,
+        cfg_scale=cfg_scale,
+        threshold=threshold,
+        top_k=top_k,
+        top_p=top_p,
+        cache=cache,
+        refresh_every=refresh_every,
+        schedule=name or "loglinear",
+        time_conditioned=schedule is not None,
+    )
     from dlm.samplers import SAMPLERS
     from dlm.samplers.base import run_sampler
 
-    out = run_sampler(SAMPLERS.get("confidence"), model, batch, config, generator, stop_at_eos=eos_id is not None,
-                      history=history is not None)
+    out = run_sampler(
+        SAMPLERS.get("confidence"),
+        model,
+        batch,
+        config,
+        generator,
+        stop_at_eos=eos_id is not None,
+        history=history is not None,
+    )
     if history is not None:
         history.extend(torch.stack(states) for states in zip(*out.history))
     return out.tokens

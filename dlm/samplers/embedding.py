@@ -85,8 +85,9 @@ def diffusion_lm_generate(
     # near t = 1 (alpha_1 = 1e-4), which float32 cannot resolve; the model still runs in its own dtype
     e_prompt = net.embed(prompt).double()  # (B, Lp, E)
     eps_prompt = torch.randn(e_prompt.shape, generator=generator, dtype=torch.float64, device=weight.device)
-    z = torch.randn((B, Lp + gen_length, weight.shape[1]), generator=generator, dtype=torch.float64,
-                    device=weight.device)  # (B, L, E): z_1 ~ N(0, I)
+    z = torch.randn(
+        (B, Lp + gen_length, weight.shape[1]), generator=generator, dtype=torch.float64, device=weight.device
+    )  # (B, L, E): z_1 ~ N(0, I)
 
     def denoiser(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # 1. prompt positions on their noised embeddings
@@ -128,8 +129,14 @@ def embedding_sampler(ode_sampler: str):
     def generate(model, batch: SampleBatch, config: EmbeddingConfig, generators=None, on_step=None) -> SampleOutput:
         exclude = tuple(i for i in (batch.mask_id, batch.pad_id) if i is not None)
         tokens, nfe = diffusion_lm_generate(
-            model, batch.prompt, gen_length=batch.gen_length, steps=config.steps or batch.gen_length,
-            schedule=config.schedule, ode_sampler=ode_sampler, exclude=exclude, generator=generators,
+            model,
+            batch.prompt,
+            gen_length=batch.gen_length,
+            steps=config.steps or batch.gen_length,
+            schedule=config.schedule,
+            ode_sampler=ode_sampler,
+            exclude=exclude,
+            generator=generators,
             on_step=on_step,
         )
         return SampleOutput(tokens, nfe)

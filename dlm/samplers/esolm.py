@@ -27,9 +27,9 @@ row, padding slots attend only to themselves and are never attended to (``valid`
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass, field
+
+import torch
 
 from dlm.errors import DlmError
 from dlm.models.transformer import KVCache
@@ -54,14 +54,17 @@ class EsolmConfig(SamplerConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.cache not in ESOLM_CACHES:
-            raise DlmError(f"unknown cache {self.cache!r} for the esolm sampler; choose one of: "
-                           f"{', '.join(ESOLM_CACHES)}")
+            raise DlmError(
+                f"unknown cache {self.cache!r} for the esolm sampler; choose one of: {', '.join(ESOLM_CACHES)}"
+            )
         if self.alpha0 is None or self.variant is None:
-            raise DlmError("the esolm sampler needs the model's alpha0 and variant: sample a model trained with "
-                           "--objective esolm")
+            raise DlmError(
+                "the esolm sampler needs the model's alpha0 and variant: sample a model trained with --objective esolm"
+            )
         if not 0.0 <= self.alpha0 <= 1.0 or self.variant not in VARIANTS:
-            raise DlmError(f"the esolm sampler needs alpha0 in [0, 1] and variant A or B, got {self.alpha0} and "
-                           f"{self.variant!r}")
+            raise DlmError(
+                f"the esolm sampler needs alpha0 in [0, 1] and variant A or B, got {self.alpha0} and {self.variant!r}"
+            )
 
     def diffusion_steps(self, gen_length: int) -> int:
         """The diffusion phase's share of ``steps``: the sequential phase takes one step per token left masked,
@@ -85,8 +88,9 @@ class AppendFirst:
         return self.cache.update(layer, k, v, keep=self.n)  # (B, H, T + P + Q, Dh); the first n stay stored
 
 
-def cached_call_mask(valid: torch.Tensor, new_ok: torch.Tensor, query_ok: torch.Tensor, *,
-                     both_ways: bool) -> torch.Tensor:
+def cached_call_mask(
+    valid: torch.Tensor, new_ok: torch.Tensor, query_ok: torch.Tensor, *, both_ways: bool
+) -> torch.Tensor:
     """bool [B, P + Q, T + P + Q] of a cached call that feeds P newly clean tokens then Q masks (True = attend).
 
     valid: [B, T], the real cached keys; new_ok: [B, P] and query_ok: [B, Q], the real fed tokens (the others are
@@ -97,10 +101,22 @@ def cached_call_mask(valid: torch.Tensor, new_ok: torch.Tensor, query_ok: torch.
     dev = valid.device
     a, c = torch.arange(P, device=dev), torch.arange(Q, device=dev)
     new_new = torch.ones(P, P, dtype=torch.bool, device=dev) if both_ways else a[None, :] <= a[:, None]
-    new_rows = torch.cat([valid[:, None, :].expand(B, P, T), new_new & new_ok[:, None, :],
-                          torch.zeros(B, P, Q, dtype=torch.bool, device=dev)], 2)  # (B, P, T + P + Q)
-    query_rows = torch.cat([valid[:, None, :].expand(B, Q, T), new_ok[:, None, :].expand(B, Q, P),
-                            (c[None, :] <= c[:, None]) & query_ok[:, None, :]], 2)  # (B, Q, T + P + Q)
+    new_rows = torch.cat(
+        [
+            valid[:, None, :].expand(B, P, T),
+            new_new & new_ok[:, None, :],
+            torch.zeros(B, P, Q, dtype=torch.bool, device=dev),
+        ],
+        2,
+    )  # (B, P, T + P + Q)
+    query_rows = torch.cat(
+        [
+            valid[:, None, :].expand(B, Q, T),
+            new_ok[:, None, :].expand(B, Q, P),
+            (c[None, :] <= c[:, None]) & query_ok[:, None, :],
+        ],
+        2,
+    )  # (B, Q, T + P + Q)
     own = torch.zeros(P + Q, T + P + Q, dtype=torch.bool, device=dev)
     own[torch.arange(P + Q, device=dev), T + torch.arange(P + Q, device=dev)] = True
     ok = torch.cat([new_ok, query_ok], 1)  # (B, P + Q)
@@ -133,8 +149,9 @@ def esolm_generate(model, batch: SampleBatch, config: EsolmConfig, generators=No
     B, Lp = prompt.shape
     G, L, dev = gen_length, prompt.shape[1] + gen_length, prompt.device
     x = torch.cat([prompt, torch.full((B, G), mask_id, dtype=prompt.dtype, device=dev)], 1)  # (B, L)
-    clean = torch.cat([torch.ones(B, Lp, dtype=torch.bool, device=dev),
-                       torch.zeros(B, G, dtype=torch.bool, device=dev)], 1)  # (B, L)
+    clean = torch.cat(
+        [torch.ones(B, Lp, dtype=torch.bool, device=dev), torch.zeros(B, G, dtype=torch.bool, device=dev)], 1
+    )  # (B, L)
     # 1. the order: the prompt, then a random permutation of the generated positions
     order = Lp + uniform((B, G), generator=generator, device=dev).argsort(1)  # (B, G) positions in reveal order
     rank = torch.arange(L, device=dev).repeat(B, 1)
@@ -163,8 +180,13 @@ def esolm_generate(model, batch: SampleBatch, config: EsolmConfig, generators=No
             P = new_pos.shape[1]
             tokens = torch.cat([x.gather(1, new_pos), torch.full_like(q_pos, mask_id)], 1)  # (B, P + Q)
             attn_mask = cached_call_mask(valid, new_ok, q_ok, both_ways=variant == "A")
-            logits = model(tokens, None, attn_mask=attn_mask, positions=torch.cat([new_pos, q_pos], 1),
-                           kv_cache=AppendFirst(cache, P))[:, P:]  # (B, Q, V)
+            logits = model(
+                tokens,
+                None,
+                attn_mask=attn_mask,
+                positions=torch.cat([new_pos, q_pos], 1),
+                kv_cache=AppendFirst(cache, P),
+            )[:, P:]  # (B, Q, V)
             valid = torch.cat([valid, new_ok], 1)
             new_pos, new_ok = q_pos, q_ok  # clean after this call: into the cache at the next one
         else:
@@ -174,8 +196,9 @@ def esolm_generate(model, batch: SampleBatch, config: EsolmConfig, generators=No
             else:  # sequential pass over [z0, x]
                 z0 = torch.where(z0_clean, x, mask_id)
                 attn_mask = esolm_sequential_mask(z0_clean, rank, variant)  # (B, 2L, 2L)
-                logits = model(torch.cat([z0, x], 1), None, attn_mask=attn_mask,
-                               positions=torch.arange(L, device=dev).repeat(2))[:, :L]
+                logits = model(
+                    torch.cat([z0, x], 1), None, attn_mask=attn_mask, positions=torch.arange(L, device=dev).repeat(2)
+                )[:, :L]
             logits = logits.gather(1, q_pos[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Q, V)
         return process.log_probs(logits)
 
@@ -185,8 +208,15 @@ def esolm_generate(model, batch: SampleBatch, config: EsolmConfig, generators=No
         nonlocal nfe
         log_p = log_probs(q_pos, q_ok)
         nfe += 1
-        draw = sample_categorical(log_p, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                                  rows=q_ok.any(1), starts=q_ok.shape[1] - q_ok.sum(1))  # (B, Q)
+        draw = sample_categorical(
+            log_p,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            rows=q_ok.any(1),
+            starts=q_ok.shape[1] - q_ok.sum(1),
+        )  # (B, Q)
         rows, slots = q_ok.nonzero(as_tuple=True)
         x[rows, q_pos[rows, slots]] = draw[rows, slots]
         clean[rows, q_pos[rows, slots]] = True

@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 
 from dlm.errors import DlmError
-from dlm.noise.gaussian import GaussianSchedule, get_gaussian_schedule
-from dlm.noise.gaussian import convert, predict_x0_eps
+from dlm.noise.gaussian import GaussianSchedule, convert, get_gaussian_schedule, predict_x0_eps
 from dlm.registry import Registry
 
 

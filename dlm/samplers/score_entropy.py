@@ -58,8 +58,20 @@ class UdlmConfig(SamplerConfig):
 
 
 @torch.no_grad()
-def _ratio_loop(model, batch: SampleBatch, *, graph: str, method: str, steps: int | None, schedule,
-                time_conditioned: bool, vocab_size: int | None, ratios, generators, on_step) -> SampleOutput:
+def _ratio_loop(
+    model,
+    batch: SampleBatch,
+    *,
+    graph: str,
+    method: str,
+    steps: int | None,
+    schedule,
+    time_conditioned: bool,
+    vocab_size: int | None,
+    ratios,
+    generators,
+    on_step,
+) -> SampleOutput:
     schedule = get_schedule(schedule)
     steps = steps or batch.gen_length
     mask_id, prompt_len = batch.mask_id, batch.prompt_len
@@ -91,8 +103,9 @@ def _ratio_loop(model, batch: SampleBatch, *, graph: str, method: str, steps: in
 
         def state():
             committed = (x != mask_id) if graph == "absorb" else (batch.fixed | final)
-            return SampleState(x, committed.expand_as(x), i + 1, call.nfe,
-                               masked=(x == mask_id) if graph == "absorb" else None)
+            return SampleState(
+                x, committed.expand_as(x), i + 1, call.nfe, masked=(x == mask_id) if graph == "absorb" else None
+            )
 
         if not report(on_step, state):
             break
@@ -103,9 +116,19 @@ def _sedd(method: str):
     def generate(model, batch: SampleBatch, config: SeddConfig, generators=None, on_step=None) -> SampleOutput:
         schedule = get_schedule(config.schedule)
         ratios = lambda logits, x, t: log_ratios(logits.double(), x, t, graph=config.graph, schedule=schedule)  # noqa: E731
-        return _ratio_loop(model, batch, graph=config.graph, method=method, steps=config.steps, schedule=schedule,
-                           time_conditioned=config.time_conditioned, vocab_size=config.vocab_size, ratios=ratios,
-                           generators=generators, on_step=on_step)
+        return _ratio_loop(
+            model,
+            batch,
+            graph=config.graph,
+            method=method,
+            steps=config.steps,
+            schedule=schedule,
+            time_conditioned=config.time_conditioned,
+            vocab_size=config.vocab_size,
+            ratios=ratios,
+            generators=generators,
+            on_step=on_step,
+        )
 
     generate.__name__ = f"sedd_{method}"
     generate.__doc__ = f"SEDD with {method} steps (and the analytic denoising step at the end)."
@@ -125,6 +148,16 @@ def udlm_generate(model, batch: SampleBatch, config: UdlmConfig, generators=None
         log_s = mean_log_ratios(logits, x, t, schedule=schedule, mask_id=batch.mask_id).double()
         return log_ratios(log_s, x, t, graph="uniform", schedule=schedule)
 
-    return _ratio_loop(model, batch, graph="uniform", method="analytic", steps=config.steps, schedule=schedule,
-                       time_conditioned=True, vocab_size=config.vocab_size, ratios=ratios, generators=generators,
-                       on_step=on_step)
+    return _ratio_loop(
+        model,
+        batch,
+        graph="uniform",
+        method="analytic",
+        steps=config.steps,
+        schedule=schedule,
+        time_conditioned=True,
+        vocab_size=config.vocab_size,
+        ratios=ratios,
+        generators=generators,
+        on_step=on_step,
+    )

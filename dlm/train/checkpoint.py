@@ -57,8 +57,10 @@ def load_trainer_state(ckpt: Path) -> dict:
         state["step"], state["data"], state["optimizer_param_groups"]  # noqa: B018 (required keys)
         return state
     except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
-        raise DlmError(f"{ckpt} has no usable trainer_state.json ({e}); it can be loaded for eval and sampling "
-                       "but not resumed: train a new run with --overwrite") from None
+        raise DlmError(
+            f"{ckpt} has no usable trainer_state.json ({e}); it can be loaded for eval and sampling "
+            "but not resumed: train a new run with --overwrite"
+        ) from None
 
 
 def rng_to_str(state: torch.Tensor) -> str:
@@ -87,8 +89,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: l
         state.setdefault(int(idx), {})[key] = value
     # the saved hyper-parameters, but this machine's implementation (fused on CUDA, foreach elsewhere)
     impl = ("foreach", "fused")
-    param_groups = [{**saved, **{k: now[k] for k in impl if k in now}}
-                    for saved, now in zip(param_groups, optimizer.param_groups)]
+    param_groups = [
+        {**saved, **{k: now[k] for k in impl if k in now}} for saved, now in zip(param_groups, optimizer.param_groups)
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 

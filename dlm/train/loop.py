@@ -97,8 +97,10 @@ def train(
     out_dir = Path(out_dir)
     cfg.validate()
     if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
-        raise DlmError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
-                       "again, or choose another --out")
+        raise DlmError(
+            f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
+            "again, or choose another --out"
+        )
     info = setup_distributed(device)
     try:
         return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
@@ -167,12 +169,23 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     def save() -> None:
         if info.is_main:
             ckpt.save_checkpoint(
-                out_dir, model=model, tokenizer=tokenizer, config=cfg, optimizer=optimizer, ema_model=ema,
+                out_dir,
+                model=model,
+                tokenizer=tokenizer,
+                config=cfg,
+                optimizer=optimizer,
+                ema_model=ema,
                 trainer_state={
-                    "step": step, "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
-                    "data": loader.state_dict(), "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
-                    **({"cuda_rng": ckpt.rng_to_str(torch.cuda.get_rng_state(info.device).cpu())}
-                       if info.device.type == "cuda" else {}),
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "elapsed_seconds": elapsed,
+                    "data": loader.state_dict(),
+                    "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
+                    **(
+                        {"cuda_rng": ckpt.rng_to_str(torch.cuda.get_rng_state(info.device).cpu())}
+                        if info.device.type == "cuda"
+                        else {}
+                    ),
                 },
             )
         barrier(info)
@@ -180,15 +193,29 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     def validate() -> float:
         """Validation bound / NLL on the first eval_sequences sequences, logged to metrics.jsonl."""
         val = evaluate(
-            ema if ema is not None else model, objective, val_set, tokenizer, num_samples=1, seed=tc.seed,
-            max_sequences=tc.eval_sequences, batch_size=tc.batch_size, dist_info=info, autocast=autocast,
+            ema if ema is not None else model,
+            objective,
+            val_set,
+            tokenizer,
+            num_samples=1,
+            seed=tc.seed,
+            max_sequences=tc.eval_sequences,
+            batch_size=tc.batch_size,
+            dist_info=info,
+            autocast=autocast,
         )["nats_per_token"]
         log.write({"step": step, "val_nats_per_token": val})
         return val
 
     end = min(tc.max_steps, stop_at) if stop_at is not None else tc.max_steps
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True,
-               desc="train", unit="step")
+    bar = tqdm(
+        total=tc.max_steps,
+        initial=step,
+        disable=not (progress and info.is_main),
+        dynamic_ncols=True,
+        desc="train",
+        unit="step",
+    )
     generator = torch.Generator(device=info.device)
     tokens_per_step = tc.batch_size * tc.grad_accum * info.world_size * cfg.data.seq_len
     # the losses stay on the device until a log step: no host sync per step
@@ -230,8 +257,11 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             loss = window_loss.item() / window_steps  # waits for the device, so the window's time is all in
             window_time = time.perf_counter() - window_start
             record = {
-                "step": step, "loss": loss, "lr": lr,
-                "tokens_per_sec": window_steps * tokens_per_step / window_time, "tokens_seen": tokens_seen,
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "tokens_per_sec": window_steps * tokens_per_step / window_time,
+                "tokens_seen": tokens_seen,
                 "elapsed_seconds": round(elapsed, 3),
             }
             if grad_norm is not None:

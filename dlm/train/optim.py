@@ -19,8 +19,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     # per step), the foreach (multi-tensor) implementation elsewhere. Each is deterministic on a given machine, so
     # a resumed run still repeats the uninterrupted one bit for bit (checkpoint.load_optimizer keeps this choice).
     fused = bool(params) and all(p.device.type == "cuda" for p in params)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **(
-        {"fused": True} if fused else {"foreach": True}))
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **({"fused": True} if fused else {"foreach": True})
+    )
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
