@@ -167,6 +167,28 @@ def block_oracle(toy, block_size: int):
     return model
 
 
+def bd3_oracle(toy, block_size: int):
+    """BD3-LM, the NELBO's 2L input [xt | x0] under ``bd3_attention_mask``: at an xt position of block b, the toy's
+    exact p(x0^l | xt^b, x0^{<b}) (``model(x, t=None, *, attn_mask, positions) -> [B, 2L, vocab]``; the x0 half's
+    logits are never read)."""
+    from dlm.noise.block import bd3_attention_mask
+
+    L = toy.L
+
+    def model(x, t=None, *, attn_mask, positions, **_):
+        assert t is None and torch.equal(attn_mask, bd3_attention_mask(L, block_size))
+        assert torch.equal(positions, torch.arange(L).repeat(2))
+        xt, x0 = x[:, :L], x[:, L:]
+        logits = torch.zeros(x.shape[0], 2 * L, toy.vocab)
+        for start in range(0, L, block_size):
+            end = start + block_size
+            canvas = torch.cat([x0[:, :start], xt[:, start:end], torch.full_like(x0[:, end:], toy.mask_id)], 1)
+            logits[:, start:end] = toy.denoiser(canvas)[:, start:end]
+        return logits
+
+    return model
+
+
 class CountingModel:
     """A model-contract wrapper that counts model calls (``model(...)`` and ``forward_embeds``) in ``calls`` and
     passes the rest of the contract through (``new_cache``, ``embed``, ``embedding_weight``, ``logits``,

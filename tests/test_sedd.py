@@ -1,9 +1,8 @@
-"""SEDD (score entropy): tightness of the bound for both graphs with the toy distribution's exact ratios, the
-absorbing graph against MDLM, the samplers against the toy's frequencies, and `dlm train/eval/sample --objective
-sedd` end to end on the tiny preset."""
+"""SEDD (score entropy): the absorbing graph against MDLM draw by draw (tightness with the exact ratios and the bound
+for a wrong model are the objective contracts), the samplers against the toy's frequencies, and
+`dlm train/eval/sample --objective sedd` end to end on the tiny preset."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -15,73 +14,10 @@ from dlm.noise import get_schedule, uniform_tokens
 from dlm.objectives import OBJECTIVES, SEDD, masked_nelbo, score_entropy_nelbo
 from dlm.objectives.score_entropy import log_ratios
 from toy import ToyDistribution
-from helpers import dlm, left_pad, sample
-
-
-# --- exact ratios of the toy distribution ------------------------------------------------------------------------
-
-
-def absorb_ratios(toy):
-    """Logits whose SEDD scaling gives the exact ratios: log(V - 1) + log p(x0^l = y | xt)."""
-    return lambda xt, t: toy.denoiser(xt).double() + math.log(toy.vocab - 1)
-
-
-def uniform_ratios(toy, N, schedule="loglinear"):
-    """Exact log p_t(xt with x^l = y) / p_t(xt) [B, L, N] of the toy under uniform noise over N ids, by
-    enumerating its support: p_t(x) = sum_x0 p(x0) prod_l (alpha [x^l = x0^l] + (1 - alpha) / N)."""
-    schedule = get_schedule(schedule)
-
-    def log_marginal(x, alpha):  # x [B, M, L], alpha [B] -> log p_t(x) [B, M]
-        same = (x[:, :, None, :] == toy.seqs[None, None]).double()  # (B, M, S, L)
-        a = alpha[:, None, None, None]
-        return ((a * same + (1 - a) / N).prod(-1) @ toy.p).log()
-
-    def model(xt, t):
-        alpha = schedule.alpha(t.double())  # (B,)
-        B, L = xt.shape
-        base = log_marginal(xt[:, None], alpha)  # (B, 1)
-        out = torch.empty(B, L, N, dtype=torch.float64)
-        for pos in range(L):
-            edits = xt[:, None, :].repeat(1, N, 1)  # (B, N, L)
-            edits[:, :, pos] = torch.arange(N)
-            out[:, pos] = log_marginal(edits, alpha) - base
-        return out
-
-    return model
-
-
-def draws_per_sequence(nelbo_fn, toy, R):
-    """R one-draw estimates of every toy sequence (stratified in t across rows): [R, S]."""
-    x0 = toy.seqs.repeat(R, 1)  # (S R, L)
-    return nelbo_fn(x0).double().view(R, -1)
-
-
-def assert_tight(draws, toy):
-    mean, stderr = draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5
-    truth = toy.nll(toy.seqs)
-    assert torch.all((mean - truth).abs() < 4 * stderr + 0.01), (mean - truth) / stderr
-    pooled_err = (mean - truth).mean().abs()
-    assert pooled_err < 4 * (stderr**2).mean().sqrt() / len(truth) ** 0.5 + 0.005, pooled_err
+from helpers import absorb_ratios, dlm, left_pad, sample, uniform_ratios
 
 
 # --- the bound ---------------------------------------------------------------------------------------------------
-
-
-def test_absorb_nelbo_is_tight_for_the_exact_ratios():
-    toy = ToyDistribution(V=3, L=3)
-    g = torch.Generator().manual_seed(0)
-    draws = draws_per_sequence(lambda x0: score_entropy_nelbo(
-        absorb_ratios(toy), x0, graph="absorb", mask_id=toy.mask_id, generator=g), toy, R=4000)
-    assert_tight(draws, toy)
-
-
-def test_uniform_nelbo_is_tight_for_the_exact_ratios():
-    toy = ToyDistribution(V=3, L=3, seed=1)
-    g = torch.Generator().manual_seed(0)
-    draws = draws_per_sequence(lambda x0: score_entropy_nelbo(
-        uniform_ratios(toy, toy.V), x0, graph="uniform", mask_id=toy.mask_id, vocab_size=toy.V, generator=g),
-        toy, R=3000)
-    assert_tight(draws, toy)
 
 
 def test_absorb_with_exact_ratios_is_the_mdlm_integrand_draw_by_draw():
@@ -93,16 +29,6 @@ def test_absorb_with_exact_ratios_is_the_mdlm_integrand_draw_by_draw():
     mdlm = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=3,
                         generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(sedd, (1 - 1e-3) * mdlm.double(), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("graph", ["absorb", "uniform"])
-def test_nelbo_bounds_a_wrong_model(graph):
-    toy = ToyDistribution(V=3, L=3, seed=1)
-    width = toy.vocab if graph == "absorb" else toy.V
-    zeros = lambda xt, t: torch.zeros(*xt.shape, width)  # noqa: E731
-    nelbo = score_entropy_nelbo(zeros, toy.seqs.repeat(200, 1), graph=graph, mask_id=toy.mask_id, vocab_size=width,
-                                generator=torch.Generator().manual_seed(0)).view(200, -1).mean(0)
-    assert (toy.p * nelbo).sum() > (toy.p * toy.nll(toy.seqs)).sum() + 0.1
 
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])

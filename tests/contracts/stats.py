@@ -42,3 +42,15 @@ def assert_draws(tokens: torch.Tensor, seqs: torch.Tensor, p: torch.Tensor, leve
     critical = chi2_critical(df, level)
     assert stat < critical, f"chi-square {stat:.1f} >= {critical:.1f} (df {df}, level {level})"
     return stat
+
+
+def assert_tight(draws: torch.Tensor, truth: torch.Tensor) -> None:
+    """One-draw estimates ``draws`` [R, S] of a bound on -log p of S sequences (R independent draws each) have
+    mean ``truth`` [S]: per sequence within 4 standard errors + 0.01 nats, and their mean over the sequences within
+    4 pooled standard errors + 0.005 nats (the 0.01 / 0.005 absorb the bounds' O(t_min) omitted part)."""
+    draws, truth = draws.double(), truth.double()
+    R = draws.shape[0]
+    mean, stderr = draws.mean(0), draws.std(0) / R**0.5
+    assert torch.all((mean - truth).abs() < 4 * stderr + 0.01), ((mean - truth) / stderr).abs().max()
+    pooled_err = (mean - truth).mean().abs()
+    assert pooled_err < 4 * (stderr**2).mean().sqrt() / len(truth) ** 0.5 + 0.005, pooled_err
