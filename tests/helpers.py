@@ -30,18 +30,34 @@ def sharp_transformer(seed=0, vocab=32):
     return model
 
 
-def sample(name, model, prompt, *, mask_id, gen_length, prompt_mask=None, generator=None, eos_id=None, pad_id=None,
-           stop_at_eos=False, history=False, on_step=None, **config):
+def sample(
+    name,
+    model,
+    prompt,
+    *,
+    mask_id,
+    gen_length,
+    prompt_mask=None,
+    generator=None,
+    eos_id=None,
+    pad_id=None,
+    stop_at_eos=False,
+    history=False,
+    on_step=None,
+    **config,
+):
     """Run the registered sampler ``name`` through ``run_sampler`` on a prompt tensor [B, Lp] (``prompt_mask``: its
     real tokens, left-padded); ``config``: the sampler config's fields (options and model facts alike).
     Returns the ``SampleOutput`` (tokens, nfe, history)."""
     from dlm.samplers import SAMPLERS, SampleBatch, run_sampler
 
     entry = SAMPLERS.get(name)
-    batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id, prompt_mask=prompt_mask, eos_id=eos_id,
-                                    pad_id=pad_id)
-    return run_sampler(entry, model, batch, entry.config(**config), generator, on_step, stop_at_eos=stop_at_eos,
-                       history=history)
+    batch = SampleBatch.from_tensor(
+        prompt, gen_length, mask_id=mask_id, prompt_mask=prompt_mask, eos_id=eos_id, pad_id=pad_id
+    )
+    return run_sampler(
+        entry, model, batch, entry.config(**config), generator, on_step, stop_at_eos=stop_at_eos, history=history
+    )
 
 
 def left_pad(prompts, pad_id):
@@ -145,8 +161,11 @@ def esolm_oracle(toy, wrong: float = 0.0):
         canvas = torch.full((B, Lx, toy.L), toy.mask_id)  # per query: the tokens it sees, at their positions
         for j in range(Lx):
             slot = canvas.gather(2, positions[:, None, j : j + 1].expand(B, Lx, 1))
-            canvas.scatter_(2, positions[:, None, j : j + 1].expand(B, Lx, 1),
-                            torch.where(visible[:, :, j : j + 1], x[:, None, j : j + 1].expand(B, Lx, 1), slot))
+            canvas.scatter_(
+                2,
+                positions[:, None, j : j + 1].expand(B, Lx, 1),
+                torch.where(visible[:, :, j : j + 1], x[:, None, j : j + 1].expand(B, Lx, 1), slot),
+            )
         logits = toy.denoiser(canvas.view(B * Lx, toy.L)).view(B, Lx, toy.L, toy.vocab)
         out = logits.gather(2, positions[:, :, None, None].expand(B, Lx, 1, toy.vocab)).squeeze(2)  # (B, Lx, V)
         return out * (1.0 - wrong)

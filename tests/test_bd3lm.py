@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+from helpers import bd3_oracle, dlm, left_pad, sample, sharp_transformer
+from toy import ToyDistribution
 
 from dlm.errors import DlmError
 from dlm.noise.block import sample_block_times
@@ -17,22 +19,23 @@ from dlm.objectives import (
     masked_nelbo,
 )
 from dlm.samplers import SAMPLERS
-from toy import ToyDistribution
-from helpers import bd3_oracle, dlm, left_pad, sample, sharp_transformer
 
 
 def test_attention_masks_are_the_hand_written_matrices():
     # L = 4, k = 2; rows/columns: xt0 xt1 xt2 xt3 | x00 x01 x02 x03
-    expected = torch.tensor([
-        [1, 1, 0, 0, 0, 0, 0, 0],  # xt of block 0: its own block only
-        [1, 1, 0, 0, 0, 0, 0, 0],
-        [0, 0, 1, 1, 1, 1, 0, 0],  # xt of block 1: its own block and clean block 0
-        [0, 0, 1, 1, 1, 1, 0, 0],
-        [0, 0, 0, 0, 1, 1, 0, 0],  # x0 of block 0: clean block 0
-        [0, 0, 0, 0, 1, 1, 0, 0],
-        [0, 0, 0, 0, 1, 1, 1, 1],  # x0 of block 1: clean blocks 0 and 1
-        [0, 0, 0, 0, 1, 1, 1, 1],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0, 0, 0, 0],  # xt of block 0: its own block only
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],  # xt of block 1: its own block and clean block 0
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],  # x0 of block 0: clean block 0
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1],  # x0 of block 1: clean blocks 0 and 1
+            [0, 0, 0, 0, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(bd3_attention_mask(4, 2), expected)
     assert torch.equal(block_causal_mask(4, 2), expected[4:, 4:])
     assert torch.equal(bd3_attention_mask(3, 3)[:3], torch.tensor([[1, 1, 1, 0, 0, 0]] * 3, dtype=torch.bool))
@@ -51,8 +54,9 @@ def test_block_size_L_is_the_masked_nelbo_on_the_same_draws(schedule):
     toy = ToyDistribution(V=3, L=4)  # and exactly, for the toy's exact model
     x0 = toy.seqs
     mdlm = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(3))
-    bd3 = block_nelbo(bd3_oracle(toy, 4), x0, block_size=4, mask_id=toy.mask_id,
-                      generator=torch.Generator().manual_seed(3))
+    bd3 = block_nelbo(
+        bd3_oracle(toy, 4), x0, block_size=4, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(bd3, mdlm)
 
 
@@ -62,11 +66,13 @@ def test_training_clips_the_block_times_and_eval_does_not():
     assert torch.allclose(t.flatten().sort().values.diff(), torch.full((31,), 0.5 / 32))  # antithetic: stratified
     toy = ToyDistribution(V=3, L=4)
     model, x0 = bd3_oracle(toy, 2), toy.seqs
-    bd3lm = BD3LM(BD3LM.Config(block_size=2), mask_id=toy.mask_id, eos_id=toy.eos_id, vocab_size=toy.vocab,
-                  schedule="loglinear")
+    bd3lm = BD3LM(
+        BD3LM.Config(block_size=2), mask_id=toy.mask_id, eos_id=toy.eos_id, vocab_size=toy.vocab, schedule="loglinear"
+    )
     loss = bd3lm.loss(model, x0, torch.Generator().manual_seed(4)).loss
-    clipped = block_nelbo(model, x0, block_size=2, mask_id=toy.mask_id, t_range=(0.3, 0.8),
-                          generator=torch.Generator().manual_seed(4))
+    clipped = block_nelbo(
+        model, x0, block_size=2, mask_id=toy.mask_id, t_range=(0.3, 0.8), generator=torch.Generator().manual_seed(4)
+    )
     torch.testing.assert_close(loss, clipped.mean() / 4)
     nll = bd3lm.nll(model, x0, 1, torch.Generator().manual_seed(4))
     bound = block_nelbo(model, x0, block_size=2, mask_id=toy.mask_id, generator=torch.Generator().manual_seed(4))
@@ -102,8 +108,17 @@ def test_block_sampler_with_the_exact_model_draws_the_data_distribution():
         return toy.denoiser(canvas)[:, : x.shape[1]]
 
     N = 6000
-    out = sample("block", model, torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, block_size=2,
-                 gen_length=4, steps=2 * 100, cache="none", generator=torch.Generator().manual_seed(0)).tokens
+    out = sample(
+        "block",
+        model,
+        torch.zeros(N, 0, dtype=torch.long),
+        mask_id=toy.mask_id,
+        block_size=2,
+        gen_length=4,
+        steps=2 * 100,
+        cache="none",
+        generator=torch.Generator().manual_seed(0),
+    ).tokens
     freq = (out[:, None] == toy.seqs[None]).all(-1).double().mean(0)  # (16,)
     assert torch.all((freq - toy.p).abs() < 4 * (toy.p * (1 - toy.p) / N).sqrt() + 1e-3)
 
@@ -116,9 +131,21 @@ def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_sampl
     run = SAMPLERS.get("block")
 
     def draw(rows):
-        return sample("block", model, tokens[rows], mask_id=31, gen_length=7, eos_id=29, pad_id=30,
-                      prompt_mask=mask[rows], generator=[torch.Generator().manual_seed(i) for i in rows],
-                      stop_at_eos=True, steps=6, temperature=1.0, block_size=4).tokens
+        return sample(
+            "block",
+            model,
+            tokens[rows],
+            mask_id=31,
+            gen_length=7,
+            eos_id=29,
+            pad_id=30,
+            prompt_mask=mask[rows],
+            generator=[torch.Generator().manual_seed(i) for i in rows],
+            stop_at_eos=True,
+            steps=6,
+            temperature=1.0,
+            block_size=4,
+        ).tokens
 
     together = draw([0, 1, 2])
     assert together.shape == (3, 12) and torch.equal(together[:, :5], tokens)
@@ -130,19 +157,33 @@ def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_sampl
 
 def test_cli_train_eval_sample(tmp_path):
     run = tmp_path / "bd3lm"
-    proc = dlm("train", "--preset", "tiny", "--objective", "bd3lm", "--block-size", 16, "--max-steps", 20,
-               "--out", run, "--quiet")
+    proc = dlm(
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "bd3lm",
+        "--block-size",
+        16,
+        "--max-steps",
+        20,
+        "--out",
+        run,
+        "--quiet",
+    )
     assert "done: step 20, validation <= " in proc.stdout + proc.stderr
     saved = json.loads((run / "checkpoint" / "config.json").read_text())
     assert saved["objective"] == {"block_size": 16, "clip_beta": 0.3, "clip_omega": 0.8}
     assert saved["format_version"] == 2 and "block_size" not in saved["train"]
     report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 2).stdout)
     assert report["objective"] == "bd3lm" and report["is_bound"] is True and report["nats_per_token"] > 0
-    out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 20, "--steps", 8, "--seed", 1,
-              "--show-steps").stdout
+    out = dlm(
+        "sample", run, "--prompt", "Emma was", "--gen-length", 20, "--steps", 8, "--seed", 1, "--show-steps"
+    ).stdout
     assert "(block sampler" in out and "--- sample 0 ---\nEmma was" in out
     assert "░" not in out.split("--- sample 0 ---")[1]
-    proc = dlm("train", "--preset", "tiny", "--objective", "bd3lm", "--block-size", 5, "--out", tmp_path / "x",
-               check=False)
+    proc = dlm(
+        "train", "--preset", "tiny", "--objective", "bd3lm", "--block-size", 5, "--out", tmp_path / "x", check=False
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("error: --block-size 5 must be positive and divide data.seq_len 64")

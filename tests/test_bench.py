@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from helpers import dlm
 
 from dlm.errors import DlmError
 from dlm.eval.generative import distinct_n, generative_perplexity, load_reference, unigram_entropy
-from helpers import dlm
 
 
 def test_unigram_entropy_and_distinct_2_exact():
@@ -29,7 +29,7 @@ def test_dlm_reference_scores_the_continuation_only(tiny_ar_run):
     nats, counts = ref.nll([text], [context])
     ids = tok.encode(context) + tok.encode(text)
     with torch.no_grad():
-        expected = ar_token_nll(model, torch.tensor([ids]), eos_id=tok.eos_id)[0, len(tok.encode(context)):].sum()
+        expected = ar_token_nll(model, torch.tensor([ids]), eos_id=tok.eos_id)[0, len(tok.encode(context)) :].sum()
     assert counts == [len(tok.encode(text))]
     assert nats[0] == pytest.approx(float(expected), rel=1e-5)
     alone, _ = ref.nll([text])
@@ -46,9 +46,28 @@ def test_reference_errors(tiny_mdlm_run, tmp_path):
 
 def test_bench_sample_end_to_end(tiny_mdlm_run, tiny_ar_run, tmp_path):
     out = tmp_path / "bench"
-    proc = dlm("bench", "sample", tiny_mdlm_run, "--ar", tiny_ar_run, "--reference", tiny_ar_run, "--gen-length", 16,
-               "--num-samples", 4, "--batch-size", 2, "--batch1-samples", 2, "--block-length", 8, "--quick",
-               "--out", out)
+    proc = dlm(
+        "bench",
+        "sample",
+        tiny_mdlm_run,
+        "--ar",
+        tiny_ar_run,
+        "--reference",
+        tiny_ar_run,
+        "--gen-length",
+        16,
+        "--num-samples",
+        4,
+        "--batch-size",
+        2,
+        "--batch1-samples",
+        2,
+        "--block-length",
+        8,
+        "--quick",
+        "--out",
+        out,
+    )
     assert "| setting | NFE/token (b=1 / b=2) |" in proc.stdout
     report = json.loads((out / "sample_bench.json").read_text())
     by_name = {r["name"]: r for r in report["results"]}

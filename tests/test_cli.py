@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from helpers import dlm
 
 
@@ -18,8 +17,22 @@ def test_help_lists_the_verbs():
 
 def test_train_eval_sample_ar(tmp_path):
     run = tmp_path / "ar"
-    proc = dlm("train", "--preset", "tiny", "--objective", "ar", "--max-steps", 20, "--out", run, "--seed", 1,
-               "--quiet", "--set", "train.log_every=10")
+    proc = dlm(
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "ar",
+        "--max-steps",
+        20,
+        "--out",
+        run,
+        "--seed",
+        1,
+        "--quiet",
+        "--set",
+        "train.log_every=10",
+    )
     assert "done: step 20" in proc.stdout + proc.stderr
     report = json.loads(dlm("eval", run, "--json", "--max-sequences", 16).stdout)
     assert report["objective"] == "ar" and report["is_bound"] is False and report["mc_draws"] == 0
@@ -31,8 +44,10 @@ def test_train_eval_sample_ar(tmp_path):
     assert out == dlm("sample", run, "--prompt", "Emma was", "--gen-length", 12, "--seed", 3).stdout
     proc = dlm("sample", run, "--gen-length", 12, "--steps", 4, check=False)  # AR has no denoising steps
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == "error: --steps does not apply to the ar sampler; it takes: --temperature, --top-k, " \
-                          "--top-p, --cache\n"
+    assert (
+        proc.stderr == "error: --steps does not apply to the ar sampler; it takes: --temperature, --top-k, "
+        "--top-p, --cache\n"
+    )
 
 
 def test_eval_and_sample_mdlm(tiny_mdlm_run):
@@ -40,21 +55,59 @@ def test_eval_and_sample_mdlm(tiny_mdlm_run):
     assert report["is_bound"] is True and report["mc_draws"] == 2 and report["nats_per_token"] > 0
     text = dlm("eval", tiny_mdlm_run, "--max-sequences", 16).stdout
     assert "<=" in text and "bits per byte" in text
-    out = dlm("sample", tiny_mdlm_run, "--prompt", "Anne", "--gen-length", 16, "--steps", 8, "--block-length", 8,
-              "--show-steps").stdout
+    out = dlm(
+        "sample",
+        tiny_mdlm_run,
+        "--prompt",
+        "Anne",
+        "--gen-length",
+        16,
+        "--steps",
+        8,
+        "--block-length",
+        8,
+        "--show-steps",
+    ).stdout
     assert "[1/8]" in out and "[8/8]" in out and "░" in out.splitlines()[1]
     assert "░" not in out.split("--- sample 0 ---")[1]
-    out = dlm("sample", tiny_mdlm_run, "--gen-length", 16, "--steps", 16, "--sampler", "ancestral",
-              "--num-samples", 2).stdout
+    out = dlm(
+        "sample", tiny_mdlm_run, "--gen-length", 16, "--steps", 16, "--sampler", "ancestral", "--num-samples", 2
+    ).stdout
     assert "--- sample 1 ---" in out
-    out = dlm("sample", tiny_mdlm_run, "--gen-length", 16, "--block-length", 8, "--threshold", 0.3,
-              "--remasking", "margin", "--show-steps").stdout
+    out = dlm(
+        "sample",
+        tiny_mdlm_run,
+        "--gen-length",
+        16,
+        "--block-length",
+        8,
+        "--threshold",
+        0.3,
+        "--remasking",
+        "margin",
+        "--show-steps",
+    ).stdout
     assert "░" not in out.split("--- sample 0 ---")[1]
 
 
 def test_sample_batches_prompts_of_any_length_without_changing_a_sample(tiny_mdlm_run, tmp_path):
-    args = ["--prompt", "Anne", "--prompt", "Captain Wentworth was", "--num-samples", 2, "--gen-length", 16,
-            "--block-length", 8, "--temperature", 1, "--cache", "dual", "--no-stop-at-eos"]
+    args = [
+        "--prompt",
+        "Anne",
+        "--prompt",
+        "Captain Wentworth was",
+        "--num-samples",
+        2,
+        "--gen-length",
+        16,
+        "--block-length",
+        8,
+        "--temperature",
+        1,
+        "--cache",
+        "dual",
+        "--no-stop-at-eos",
+    ]
     together = dlm("sample", tiny_mdlm_run, *args, "--batch-size", 4).stdout
     one_by_one = dlm("sample", tiny_mdlm_run, *args, "--batch-size", 1).stdout
     assert together == one_by_one
@@ -70,7 +123,10 @@ def test_sample_batches_prompts_of_any_length_without_changing_a_sample(tiny_mdl
     [
         (["train", "--preset", "huge", "--out", "{tmp}/x"], "unknown preset 'huge'; choose one of: tiny, small, base"),
         (["train", "--objective", "gpt", "--out", "{tmp}/x"], "unknown objective 'gpt'; choose one of: ar, mdlm"),
-        (["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "model.width=3"], "unknown config key 'model.width'"),
+        (
+            ["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "model.width=3"],
+            "unknown config key 'model.width'",
+        ),
         (["eval", "{tmp}/missing"], "no checkpoint found"),
         (["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "model.n_heads=5"], "must split into 5 heads"),
         (["sample", "{run}", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
@@ -80,10 +136,14 @@ def test_sample_batches_prompts_of_any_length_without_changing_a_sample(tiny_mdl
         (["sample", "{run}", "--gen-length", "100"], "exceeds the model's context of 64 tokens"),
         (["sample", "{run}", "--sampler", "beam"], "unknown sampler 'beam'"),
         (["sample", "{run}", "--gen-length", "16", "--block-length", "5"], "divisible by block_length"),
-        (["sample", "{run}", "--cache", "lru"], "unknown cache 'lru' for the confidence sampler; choose one of: none, "
-                                                "prefix, dual"),
-        (["sample", "{run}", "--sampler", "ancestral", "--cache", "dual"],
-         "--cache does not apply to the ancestral sampler; it takes: --steps, --temperature, --top-k, --top-p"),
+        (
+            ["sample", "{run}", "--cache", "lru"],
+            "unknown cache 'lru' for the confidence sampler; choose one of: none, prefix, dual",
+        ),
+        (
+            ["sample", "{run}", "--sampler", "ancestral", "--cache", "dual"],
+            "--cache does not apply to the ancestral sampler; it takes: --steps, --temperature, --top-k, --top-p",
+        ),
         (["sample", "{run}", "--steps", "16", "--refresh-every", "0"], "refresh_every must be a positive integer"),
         (["sample", "{run}", "--prompt-file", "{tmp}/none.txt"], "cannot read --prompt-file"),
     ],

@@ -70,8 +70,9 @@ def test_hf_dataset_saved_to_disk(tmp_path):
 
 
 def test_loader_resumes_exactly():
-    from dlm.data.packing import PackedDataset
     import numpy as np
+
+    from dlm.data.packing import PackedDataset
 
     ds = PackedDataset(np.arange(40 * 8, dtype=np.uint16), 8)  # 40 sequences
     a = SequenceLoader(ds, seed=3)

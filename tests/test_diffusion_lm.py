@@ -7,34 +7,54 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from helpers import dlm
 
 from dlm.config import ModelConfig, RunConfig
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
-from dlm.noise.gaussian import get_gaussian_schedule
+from dlm.noise.gaussian import first_latent_time, get_gaussian_schedule
 from dlm.objectives import OBJECTIVES
-from dlm.noise.gaussian import first_latent_time
 from dlm.objectives.embedding import DiffusionLM, diffusion_lm_nelbo
 from dlm.presets import preset_config
 from dlm.samplers import SAMPLERS
 from dlm.samplers.embedding import clamp_to_embeddings, diffusion_lm_generate, nearest_tokens
-from helpers import dlm
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny diffusion-lm run trained by the CLI: 40 steps, losses logged every 5."""
     out = tmp_path_factory.mktemp("runs") / "diffusion-lm"
-    proc = dlm("train", "--preset", "tiny", "--objective", "diffusion-lm", "--max-steps", 40, "--out", out,
-               "--quiet", "--set", "train.precision=fp32")
+    proc = dlm(
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "diffusion-lm",
+        "--max-steps",
+        40,
+        "--out",
+        out,
+        "--quiet",
+        "--set",
+        "train.precision=fp32",
+    )
     assert "done: step 40, validation <= " in proc.stdout + proc.stderr
     return out
 
 
 def tiny_model(embed_dim=0, time_conditioning=True, vocab=50):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16,
-                      time_conditioning=time_conditioning, embed_dim=embed_dim, tie_embeddings=True)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        max_seq_len=16,
+        time_conditioning=time_conditioning,
+        embed_dim=embed_dim,
+        tie_embeddings=True,
+    )
     return Transformer(cfg).eval()
 
 
@@ -153,8 +173,15 @@ def test_sampler_with_the_exact_denoiser_draws_the_data_distribution(ode_sampler
     schedule = get_gaussian_schedule("vp-sqrt")
     model = ExactDenoiser(schedule)
     prompt = torch.zeros((4000, 0), dtype=torch.long)  # 4000 unprompted one-token sentences
-    out, nfe = diffusion_lm_generate(model, prompt, gen_length=1, steps=20, schedule=schedule, ode_sampler=ode_sampler,
-                                     generator=torch.Generator().manual_seed(0))
+    out, nfe = diffusion_lm_generate(
+        model,
+        prompt,
+        gen_length=1,
+        steps=20,
+        schedule=schedule,
+        ode_sampler=ode_sampler,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.shape == (4000, 1) and nfe == 20
     freq = torch.bincount(out[:, 0], minlength=4) / 4000.0
     assert torch.all((freq - 0.25).abs() < 0.03), freq  # each word 1/4 of the time
@@ -195,8 +222,14 @@ def test_every_sampler_returns_vocabulary_tokens_and_keeps_the_prompt(run, name)
     prompt = torch.tensor([tokenizer.encode("Emma was")] * 2)  # (2, Lp)
     history = []
     out, nfe = diffusion_lm_generate(
-        model, prompt, gen_length=10, steps=6, schedule=cfg.train.schedule, ode_sampler=name.removeprefix("embed-"),
-        exclude=(tokenizer.mask_id, tokenizer.pad_id), generator=torch.Generator().manual_seed(0),
+        model,
+        prompt,
+        gen_length=10,
+        steps=6,
+        schedule=cfg.train.schedule,
+        ode_sampler=name.removeprefix("embed-"),
+        exclude=(tokenizer.mask_id, tokenizer.pad_id),
+        generator=torch.Generator().manual_seed(0),
         on_step=lambda state: history.append(state.tokens.clone()),
     )
     assert out.shape == (2, prompt.shape[1] + 10) and torch.equal(out[:, : prompt.shape[1]], prompt)
@@ -204,8 +237,14 @@ def test_every_sampler_returns_vocabulary_tokens_and_keeps_the_prompt(run, name)
     assert not torch.isin(out, torch.tensor([tokenizer.mask_id, tokenizer.pad_id])).any()
     assert nfe == len(history) == 6
     again, _ = diffusion_lm_generate(
-        model, prompt, gen_length=10, steps=6, schedule=cfg.train.schedule, ode_sampler=name.removeprefix("embed-"),
-        exclude=(tokenizer.mask_id, tokenizer.pad_id), generator=torch.Generator().manual_seed(0),
+        model,
+        prompt,
+        gen_length=10,
+        steps=6,
+        schedule=cfg.train.schedule,
+        ode_sampler=name.removeprefix("embed-"),
+        exclude=(tokenizer.mask_id, tokenizer.pad_id),
+        generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(out, again)
 

@@ -14,13 +14,32 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     common = ["--preset", "tiny", "--objective", "ar", "--max-steps", "6", "--quiet", "--precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         "-m", "dlm.cli", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "ddp")],
-        check=True, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "dlm.cli",
+            "train",
+            *common,
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     subprocess.run(
         [sys.executable, "-m", "dlm.cli", "train", *common, "--batch-size", "8", "--out", str(tmp_path / "one")],
-        check=True, env=env, capture_output=True, text=True,
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     ddp = load_file(str(tmp_path / "ddp" / "checkpoint" / "model.safetensors"))
     one = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
@@ -32,10 +51,32 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
 def test_torchrun_ddp_masked_diffusion_runs(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "dlm.cli",
-         "train", "--preset", "tiny", "--objective", "mdlm", "--max-steps", "4", "--quiet", "--batch-size", "2",
-         "--eval-every", "2", "--out", str(tmp_path / "ddp")],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "dlm.cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--objective",
+            "mdlm",
+            "--max-steps",
+            "4",
+            "--quiet",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "2",
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done: step 4") == 1  # rank 0 alone reports and checkpoints
@@ -87,12 +128,18 @@ def test_ddp_synchronises_every_gradient_of_diffusion_lm(tmp_path):
     """The continuous path runs through DDP's forward (call_method), the side paths (embeddings, rounding logits)
     on the module inside: every gradient is the mean over the processes, with and without tied embeddings."""
     root = str(Path(__file__).resolve().parents[1])  # this checkout's dlm in the processes
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
     script = tmp_path / "rank.py"
     script.write_text(DIFFUSION_LM_RANK)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("synced") == 4
@@ -102,10 +149,35 @@ def test_torchrun_ddp_ranks_agree_on_the_time_limit_at_a_log_step(tmp_path):
     """The ranks compare their clocks only at log steps (no all-reduce every step), and all stop there together."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "dlm.cli",
-         "train", "--preset", "tiny", "--objective", "ar", "--max-steps", "12", "--quiet", "--batch-size", "2",
-         "--time-limit", "0.00001", "--set", "train.log_every=3", "--out", str(tmp_path / "ddp")],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "dlm.cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--objective",
+            "ar",
+            "--max-steps",
+            "12",
+            "--quiet",
+            "--batch-size",
+            "2",
+            "--time-limit",
+            "0.00001",
+            "--set",
+            "train.log_every=3",
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done: step 3") == 1 and "time limit of 1e-05 minutes reached at step 3" in proc.stdout

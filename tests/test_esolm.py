@@ -5,11 +5,12 @@ import json
 
 import pytest
 import torch
+from helpers import dlm, esolm_oracle, left_pad, sample, sharp_transformer
+from toy import ToyDistribution
 
 from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
-from dlm.presets import preset_config
 from dlm.objectives import (
     OBJECTIVES,
     EsoLM,
@@ -20,40 +21,48 @@ from dlm.objectives import (
     masked_nelbo,
     random_ranks,
 )
+from dlm.presets import preset_config
 from dlm.samplers import SAMPLERS
-from toy import ToyDistribution
-from helpers import dlm, esolm_oracle, left_pad, sample, sharp_transformer
 
 
 def test_attention_masks_are_the_hand_written_matrices():
     # L = 4: positions 0 and 2 clean, 1 and 3 masked; rank order 2, 0 | 3, 1
     clean = torch.tensor([[True, False, True, False]])
     rank = torch.tensor([[1, 3, 0, 2]])
-    B = torch.tensor([
-        [1, 0, 1, 0],  # clean 0 (rank 1): clean 2 (rank 0) and itself
-        [1, 1, 1, 1],  # masked 1 (rank 3): everything
-        [0, 0, 1, 0],  # clean 2 (rank 0): itself
-        [1, 0, 1, 1],  # masked 3 (rank 2): the clean tokens and itself
-    ], dtype=torch.bool)
-    A = torch.tensor([
-        [1, 0, 1, 0],  # clean: every clean token
-        [1, 1, 1, 0],  # masked: the clean tokens and itself
-        [1, 0, 1, 0],
-        [1, 0, 1, 1],
-    ], dtype=torch.bool)
+    B = torch.tensor(
+        [
+            [1, 0, 1, 0],  # clean 0 (rank 1): clean 2 (rank 0) and itself
+            [1, 1, 1, 1],  # masked 1 (rank 3): everything
+            [0, 0, 1, 0],  # clean 2 (rank 0): itself
+            [1, 0, 1, 1],  # masked 3 (rank 2): the clean tokens and itself
+        ],
+        dtype=torch.bool,
+    )
+    A = torch.tensor(
+        [
+            [1, 0, 1, 0],  # clean: every clean token
+            [1, 1, 1, 0],  # masked: the clean tokens and itself
+            [1, 0, 1, 0],
+            [1, 0, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(esolm_diffusion_mask(clean, rank, "B")[0], B)
     assert torch.equal(esolm_diffusion_mask(clean, None, "A")[0], A)
     # sequential, rows/columns z0_0 z0_1 z0_2 z0_3 | x_0 x_1 x_2 x_3 (z0 = the same clean pattern)
-    seq_B = torch.tensor([
-        [1, 0, 1, 0, 0, 0, 0, 0],  # clean z0 0: clean z0 of rank <= 1
-        [1, 1, 1, 0, 0, 0, 0, 0],  # masked z0 1: clean z0, itself; no masked x before it
-        [0, 0, 1, 0, 0, 0, 0, 0],  # clean z0 2: itself (rank 0)
-        [1, 0, 1, 1, 0, 1, 0, 0],  # masked z0 3: clean z0, itself, x_1 (masked, before it)
-        [0, 0, 0, 0, 1, 0, 0, 0],  # x_0 (clean in z0): itself only
-        [1, 0, 1, 0, 0, 1, 0, 0],  # x_1 (masked in z0): clean z0 and itself
-        [0, 0, 0, 0, 0, 0, 1, 0],  # x_2 (clean in z0): itself only
-        [1, 0, 1, 0, 0, 1, 0, 1],  # x_3: clean z0, x_1 and itself
-    ], dtype=torch.bool)
+    seq_B = torch.tensor(
+        [
+            [1, 0, 1, 0, 0, 0, 0, 0],  # clean z0 0: clean z0 of rank <= 1
+            [1, 1, 1, 0, 0, 0, 0, 0],  # masked z0 1: clean z0, itself; no masked x before it
+            [0, 0, 1, 0, 0, 0, 0, 0],  # clean z0 2: itself (rank 0)
+            [1, 0, 1, 1, 0, 1, 0, 0],  # masked z0 3: clean z0, itself, x_1 (masked, before it)
+            [0, 0, 0, 0, 1, 0, 0, 0],  # x_0 (clean in z0): itself only
+            [1, 0, 1, 0, 0, 1, 0, 0],  # x_1 (masked in z0): clean z0 and itself
+            [0, 0, 0, 0, 0, 0, 1, 0],  # x_2 (clean in z0): itself only
+            [1, 0, 1, 0, 0, 1, 0, 1],  # x_3: clean z0, x_1 and itself
+        ],
+        dtype=torch.bool,
+    )
     seq_A = seq_B.clone()
     seq_A[2, 0] = True  # variant A: clean z0 tokens see each other both ways
     assert torch.equal(esolm_sequential_mask(clean, rank, "B")[0], seq_B)
@@ -74,8 +83,15 @@ def test_random_ranks_put_clean_tokens_first():
 def test_alpha0_zero_is_the_exact_ar_nll(variant):
     toy = ToyDistribution(V=3, L=3)
     x0 = toy.seqs
-    nelbo = esolm_nelbo(esolm_oracle(toy), x0, alpha0=0.0, variant=variant, mask_id=toy.mask_id, num_samples=2,
-                        generator=torch.Generator().manual_seed(0))
+    nelbo = esolm_nelbo(
+        esolm_oracle(toy),
+        x0,
+        alpha0=0.0,
+        variant=variant,
+        mask_id=toy.mask_id,
+        num_samples=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(nelbo.double(), toy.nll(x0), rtol=0, atol=1e-5)
     ar = ar_sequence_nll(toy.next_token, x0, eos_id=toy.eos_id)
     torch.testing.assert_close(nelbo, ar, rtol=0, atol=1e-5)
@@ -133,9 +149,18 @@ def test_sampler_with_the_exact_model_draws_the_data_distribution():
     independently), rare with 64 steps."""
     toy = ToyDistribution(V=2, L=4, seed=3)
     N = 4000
-    out = sample("esolm", esolm_oracle(toy), torch.zeros(N, 0, dtype=torch.long), mask_id=toy.mask_id, alpha0=0.5,
-                 variant="B", gen_length=4, steps=64 + round(0.5 * 4), cache="none",
-                 generator=torch.Generator().manual_seed(0)).tokens  # 64 diffusion steps
+    out = sample(
+        "esolm",
+        esolm_oracle(toy),
+        torch.zeros(N, 0, dtype=torch.long),
+        mask_id=toy.mask_id,
+        alpha0=0.5,
+        variant="B",
+        gen_length=4,
+        steps=64 + round(0.5 * 4),
+        cache="none",
+        generator=torch.Generator().manual_seed(0),
+    ).tokens  # 64 diffusion steps
     freq = (out[:, None] == toy.seqs[None]).all(-1).double().mean(0)  # (16,)
     assert torch.all((freq - toy.p).abs() < 4 * (toy.p * (1 - toy.p) / N).sqrt() + 1e-3)
 
@@ -152,8 +177,9 @@ def test_history_eos_and_the_diffusion_share():
     # at most 8 diffusion calls, then one call per token left: about half of 32, the most of 8 rows
     assert 8 + 8 <= nfe <= 8 + 28
     eos = int(out[0, 10])  # treat a token that occurs early in row 0 as EOS: everything after it becomes EOS
-    ended = sample("esolm", model, prompt, eos_id=eos, stop_at_eos=True, generator=torch.Generator().manual_seed(0),
-                   **kw).tokens
+    ended = sample(
+        "esolm", model, prompt, eos_id=eos, stop_at_eos=True, generator=torch.Generator().manual_seed(0), **kw
+    ).tokens
     first = int((ended[0, 2:] == eos).nonzero()[0]) + 2
     assert first <= 10 and (ended[0, first:] == eos).all() and not (ended == 31).any()
 
@@ -167,9 +193,22 @@ def test_registry_entry_and_a_batch_of_padded_prompts_gives_the_one_by_one_sampl
     run = SAMPLERS.get("esolm")
 
     def draw(rows):
-        return sample("esolm", model, tokens[rows], mask_id=31, gen_length=7, eos_id=29, pad_id=30,
-                      prompt_mask=mask[rows], generator=[torch.Generator().manual_seed(i) for i in rows],
-                      stop_at_eos=True, steps=4 + round(0.5 * 7), temperature=1.0, alpha0=0.5, variant="B").tokens
+        return sample(
+            "esolm",
+            model,
+            tokens[rows],
+            mask_id=31,
+            gen_length=7,
+            eos_id=29,
+            pad_id=30,
+            prompt_mask=mask[rows],
+            generator=[torch.Generator().manual_seed(i) for i in rows],
+            stop_at_eos=True,
+            steps=4 + round(0.5 * 7),
+            temperature=1.0,
+            alpha0=0.5,
+            variant="B",
+        ).tokens
 
     together = draw([0, 1, 2])
     assert together.shape == (3, 12) and torch.equal(together[:, :5], tokens)
@@ -203,28 +242,48 @@ def test_the_loss_trains_a_tiny_transformer():
 
 def test_cli_train_eval_sample(tmp_path):
     run = tmp_path / "esolm"
-    proc = dlm("train", "--preset", "tiny", "--objective", "esolm", "--alpha0", 0.5, "--variant", "B",
-               "--max-steps", 10, "--out", run, "--quiet")
+    proc = dlm(
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "esolm",
+        "--alpha0",
+        0.5,
+        "--variant",
+        "B",
+        "--max-steps",
+        10,
+        "--out",
+        run,
+        "--quiet",
+    )
     assert "done: step 10, validation <= " in proc.stdout + proc.stderr
     saved = json.loads((run / "checkpoint" / "config.json").read_text())
     train_cfg, options = saved["train"], saved["objective"]
     assert (options["alpha0"], options["variant"], train_cfg["schedule"]) == (0.5, "B", "linear")
     proc = dlm("eval", run, "--max-sequences", 4, "--num-samples", 1)
     assert "an upper bound" in proc.stdout and "nats/token     <= " in proc.stdout
-    out = dlm("sample", run, "--prompt", "Emma was", "--gen-length", 16, "--steps", 4, "--seed", 1,
-              "--show-steps").stdout
+    out = dlm(
+        "sample", run, "--prompt", "Emma was", "--gen-length", 16, "--steps", 4, "--seed", 1, "--show-steps"
+    ).stdout
     assert "(esolm sampler" in out and "--- sample 0 ---\nEmma was" in out
     assert "░" not in out.split("--- sample 0 ---")[1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objective", "esolm", "--alpha0", 1.5], "error: --alpha0 1.5 must be in [0, 1]"),
-    (["--objective", "esolm", "--variant", "C"], "error: --variant C is not an Eso-LM variant; choose A"),
-    (["--objective", "mdlm", "--alpha0", 0.5], "error: --alpha0 0.5 applies to --objective esolm only"),
-    (["--objective", "mdlm", "--variant", "A"], "error: --variant A applies to --objective esolm only"),
-    (["--objective", "mdlm", "--set", "objective.alpha0=0.5"],
-     "error: objective.alpha0 is not an option of the mdlm objective; its options: none"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objective", "esolm", "--alpha0", 1.5], "error: --alpha0 1.5 must be in [0, 1]"),
+        (["--objective", "esolm", "--variant", "C"], "error: --variant C is not an Eso-LM variant; choose A"),
+        (["--objective", "mdlm", "--alpha0", 0.5], "error: --alpha0 0.5 applies to --objective esolm only"),
+        (["--objective", "mdlm", "--variant", "A"], "error: --variant A applies to --objective esolm only"),
+        (
+            ["--objective", "mdlm", "--set", "objective.alpha0=0.5"],
+            "error: objective.alpha0 is not an option of the mdlm objective; its options: none",
+        ),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, args, message):
     proc = dlm("train", "--preset", "tiny", *args, "--max-steps", 1, "--out", tmp_path / "x", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr

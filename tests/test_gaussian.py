@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from dlm.errors import DlmError
-from dlm.noise.gaussian import GAUSSIAN_SCHEDULES, GaussianSchedule, add_noise, get_gaussian_schedule
+from dlm.noise.gaussian import (
+    GAUSSIAN_SCHEDULES,
+    TARGETS,
+    GaussianSchedule,
+    add_noise,
+    convert,
+    get_gaussian_schedule,
+    target_coefficients,
+)
 from dlm.objectives.consistency import consistency_distillation_loss, consistency_function
-from dlm.noise.gaussian import TARGETS, convert, target_coefficients
 from dlm.objectives.gaussian import WEIGHTINGS, gaussian_loss, x0_loss_factor
 from dlm.samplers.ode import ODE_SAMPLERS, ddpm_sample, euler_sample, flow_euler_sample, guided, time_grid
 
@@ -121,8 +128,10 @@ def test_every_conversion_round_trips_and_maps_true_targets(name):
     t = torch.tensor([0.05, 0.3, 0.7, 0.95], dtype=torch.float64)  # (B,)
     x0, eps = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
     x_t = s.alpha(t)[:, None] * x0 + s.sigma(t)[:, None] * eps
-    truth = {k: target_coefficients(k, t, s)[0][:, None] * x0 + target_coefficients(k, t, s)[1][:, None] * eps
-             for k in TARGETS}
+    truth = {
+        k: target_coefficients(k, t, s)[0][:, None] * x0 + target_coefficients(k, t, s)[1][:, None] * eps
+        for k in TARGETS
+    }
     y = torch.randn(4, 6, generator=g, dtype=torch.float64)  # an arbitrary prediction
     for a, b in itertools.product(TARGETS, TARGETS):
         back = convert(convert(y, a, b, x_t, t, s), b, a, x_t, t, s)
@@ -196,8 +205,9 @@ def test_exact_denoiser_x0_error_is_the_posterior_variance(target):
     n, t = 20000, 0.3
     x0 = MU + S * torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     times = torch.full((n,), t, dtype=torch.float64)
-    out = gaussian_loss(exact_denoiser(s, target), x0, schedule=s, target=target, t=times,
-                        generator=torch.Generator().manual_seed(1))
+    out = gaussian_loss(
+        exact_denoiser(s, target), x0, schedule=s, target=target, t=times, generator=torch.Generator().manual_seed(1)
+    )
     alpha, sigma = s.alpha(times[0]), s.sigma(times[0])
     posterior_var = S**2 * sigma**2 / (alpha**2 * S**2 + sigma**2)  # Var(x0 | x_t) per coordinate
     # mean of 3n squared Gaussians: relative standard error sqrt(2 / 3n) = 0.6%
@@ -292,8 +302,13 @@ def test_time_grid_spacings():
 def test_eps_cannot_give_x0_where_alpha_is_zero():
     s = get_gaussian_schedule("rectified-flow")
     with pytest.raises(DlmError, match="predict x0, v or flow"):
-        flow_euler_sample(exact_denoiser(s, "eps"), torch.zeros(2, 3, dtype=torch.float64),
-                          time_grid(4, t_max=1.0, t_min=0.0), schedule=s, target="eps")
+        flow_euler_sample(
+            exact_denoiser(s, "eps"),
+            torch.zeros(2, 3, dtype=torch.float64),
+            time_grid(4, t_max=1.0, t_min=0.0),
+            schedule=s,
+            target="eps",
+        )
 
 
 def test_classifier_free_guidance_scale_zero_is_exactly_the_conditional_model():
@@ -335,13 +350,21 @@ def test_consistency_distillation_loss_trains_the_student_only():
     s = get_gaussian_schedule("vp-cosine")
     student, ema = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     ema.load_state_dict(student.state_dict())
-    net = lambda m: (lambda x, t: m(torch.cat([x, t[:, None]], 1)))  # noqa: E731
+    net = lambda m: lambda x, t: m(torch.cat([x, t[:, None]], 1))  # noqa: E731
     x0 = MU.float() + S * torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
     times = time_grid(18, t_max=1.0, t_min=2e-3)
 
     def loss():
-        return consistency_distillation_loss(net(student), net(ema), exact_denoiser(s, "v"), x0, times, schedule=s,
-                                             teacher_target="v", generator=torch.Generator().manual_seed(1)).loss
+        return consistency_distillation_loss(
+            net(student),
+            net(ema),
+            exact_denoiser(s, "v"),
+            x0,
+            times,
+            schedule=s,
+            teacher_target="v",
+            generator=torch.Generator().manual_seed(1),
+        ).loss
 
     out = loss()
     assert torch.isfinite(out) and out.item() == loss().item()

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import left_pad, sample
 
 from dlm.config import ModelConfig
 from dlm.models import Transformer
 from dlm.noise.categorical import gumbel_noise, uniform
-from helpers import left_pad, sample
 
 V, MASK, EOS, PAD = 40, 39, 0, 38
 
@@ -33,11 +33,13 @@ PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [20]]
 def test_cache_refreshed_every_step_equals_no_cache(cache, threshold):
     model = random_transformer()
     prompt = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
-    kw = dict(mask_id=MASK, gen_length=16, steps=16, block_length=4, temperature=1.0, threshold=threshold,
-              cfg_scale=0.5)
+    kw = dict(
+        mask_id=MASK, gen_length=16, steps=16, block_length=4, temperature=1.0, threshold=threshold, cfg_scale=0.5
+    )
     ref = sample("confidence", model, prompt, **kw, generator=torch.Generator().manual_seed(1))
-    out = sample("confidence", model, prompt, **kw, cache=cache, refresh_every=1,
-                 generator=torch.Generator().manual_seed(1))
+    out = sample(
+        "confidence", model, prompt, **kw, cache=cache, refresh_every=1, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(out.tokens, ref.tokens) and out.nfe == ref.nfe
 
 
@@ -69,7 +71,7 @@ def test_cache_agreement_on_a_trained_tiny_model(tiny_mdlm_run):
     ref = sample("confidence", model, prompt, **kw).tokens
     for cache in ("prefix", "dual"):
         out = sample("confidence", model, prompt, **kw, cache=cache).tokens
-        agreement = (out == ref)[:, prompt.shape[1]:].double().mean().item()
+        agreement = (out == ref)[:, prompt.shape[1] :].double().mean().item()
         assert agreement >= 0.6, (cache, agreement)
         assert not (out == tok.mask_id).any()
 
@@ -80,7 +82,7 @@ def batch_vs_one_by_one(generate, prompts, seeds, **kw):
     width = tokens.shape[1]
     for j, (p, s) in enumerate(zip(prompts, seeds)):
         one = generate(torch.tensor([p]), generator=gens([s]), **kw)
-        assert torch.equal(batch[j, width - len(p):], one[0]), j
+        assert torch.equal(batch[j, width - len(p) :], one[0]), j
         assert torch.equal(batch[j, : width - len(p)], tokens[j, : width - len(p)])  # padding untouched
     return batch
 
@@ -108,8 +110,19 @@ def test_ar_batched_equals_one_by_one(cache):
     model = random_transformer(causal=True)
 
     def generate(prompt, **kw):
-        return sample("ar", model, prompt, mask_id=MASK, eos_id=EOS, pad_id=PAD, gen_length=12, temperature=1.0,
-                      cache=cache, stop_at_eos=True, **kw).tokens
+        return sample(
+            "ar",
+            model,
+            prompt,
+            mask_id=MASK,
+            eos_id=EOS,
+            pad_id=PAD,
+            gen_length=12,
+            temperature=1.0,
+            cache=cache,
+            stop_at_eos=True,
+            **kw,
+        ).tokens
 
     batch_vs_one_by_one(generate, PROMPTS, [7, 8, 9, 10])
 
@@ -118,8 +131,18 @@ def test_ancestral_batched_equals_one_by_one():
     model = random_transformer()
 
     def generate(prompt, **kw):
-        return sample("ancestral", model, prompt, mask_id=MASK, gen_length=12, steps=12, eos_id=EOS, pad_id=PAD,
-                      stop_at_eos=True, **kw).tokens
+        return sample(
+            "ancestral",
+            model,
+            prompt,
+            mask_id=MASK,
+            gen_length=12,
+            steps=12,
+            eos_id=EOS,
+            pad_id=PAD,
+            stop_at_eos=True,
+            **kw,
+        ).tokens
 
     batch_vs_one_by_one(generate, PROMPTS, [11, 12, 13, 14])
 
@@ -137,16 +160,35 @@ def eos_model(eos_from: int):
 
 
 def test_eos_ends_generation_with_its_block():
-    res = sample("confidence", eos_model(eos_from=2 + 6), torch.tensor([[1, 2]]), mask_id=MASK, gen_length=32,
-                 steps=32, block_length=8, eos_id=EOS, stop_at_eos=True, history=True)
+    res = sample(
+        "confidence",
+        eos_model(eos_from=2 + 6),
+        torch.tensor([[1, 2]]),
+        mask_id=MASK,
+        gen_length=32,
+        steps=32,
+        block_length=8,
+        eos_id=EOS,
+        stop_at_eos=True,
+        history=True,
+    )
     out, history = res.tokens, res.history[0]
     # Equal confidences commit left to right, one per step: 3 x 6, then the EOS at column 8 ends the sample (every
     # column before it committed) after 7 steps; the rest of the first block and the three other blocks never run.
     assert len(history) == res.nfe == 7
     assert (history[-1][9:] == MASK).all()
     assert out[0, 2:8].tolist() == [3] * 6 and (out[0, 8:] == EOS).all()
-    full = sample("confidence", eos_model(eos_from=8), torch.tensor([[1, 2]]), mask_id=MASK, gen_length=32, steps=32,
-                  block_length=8, eos_id=EOS, history=True)
+    full = sample(
+        "confidence",
+        eos_model(eos_from=8),
+        torch.tensor([[1, 2]]),
+        mask_id=MASK,
+        gen_length=32,
+        steps=32,
+        block_length=8,
+        eos_id=EOS,
+        history=True,
+    )
     assert (full.tokens == MASK).sum() == 0 and (full.tokens[0, 8:] == EOS).all()  # no stop_at_eos: every block runs
     assert len(full.history[0]) == full.nfe == 32
 
@@ -158,8 +200,18 @@ def test_ar_stops_at_eos():
         logits[:, 3:, EOS] = 20.0
         return logits
 
-    res = sample("ar", model, torch.tensor([[1]]), mask_id=MASK, eos_id=EOS, gen_length=10, temperature=0.0,
-                 cache="none", stop_at_eos=True, history=True)
+    res = sample(
+        "ar",
+        model,
+        torch.tensor([[1]]),
+        mask_id=MASK,
+        eos_id=EOS,
+        gen_length=10,
+        temperature=0.0,
+        cache="none",
+        stop_at_eos=True,
+        history=True,
+    )
     assert res.tokens[0].tolist() == [1, 3, 3, EOS] + [EOS] * 7 and len(res.history[0]) == res.nfe == 3
 
 

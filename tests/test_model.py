@@ -9,8 +9,16 @@ from dlm.samplers.block import AttendOnly
 
 def make(causal=False, time_conditioning=False, vocab=50):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32,
-                      causal=causal, time_conditioning=time_conditioning)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        max_seq_len=32,
+        causal=causal,
+        time_conditioning=time_conditioning,
+    )
     return Transformer(cfg).eval()
 
 
@@ -138,8 +146,16 @@ def test_preset_sizes():
 @pytest.mark.parametrize("embed_dim", [0, 8])
 def test_contract_continuous_path_equals_forward(embed_dim):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32,
-                      time_conditioning=True, embed_dim=embed_dim)
+    cfg = ModelConfig(
+        vocab_size=50,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        max_seq_len=32,
+        time_conditioning=True,
+        embed_dim=embed_dim,
+    )
     model = Transformer(cfg).eval()
     for block in model.layers():  # off the identity init, so that t matters
         torch.nn.init.normal_(block.ada.weight, std=0.1)

@@ -3,20 +3,25 @@ model and the bound for a wrong one are the objective contracts (tests/contracts
 
 import pytest
 import torch
+from toy import ToyDistribution
 
 import dlm
 from dlm.errors import DlmError
 from dlm.objectives import MDLM, OBJECTIVES, masked_nelbo, subs_log_probs
-from toy import ToyDistribution
 
 
 def test_masked_nelbo_averages_num_samples_draws():
     toy = ToyDistribution(V=3, L=3)
     g = torch.Generator().manual_seed(0)
     x0 = toy.seqs[:5]
+
     def spread(k):  # std over seeds of the K-draw estimate of one sequence
-        runs = [masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=k,
-                             generator=torch.Generator().manual_seed(s)) for s in range(40)]
+        runs = [
+            masked_nelbo(
+                toy.denoiser, x0, mask_id=toy.mask_id, num_samples=k, generator=torch.Generator().manual_seed(s)
+            )
+            for s in range(40)
+        ]
         return torch.stack(runs).std(0)
 
     many = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=8, generator=g)

@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import sample
 
 import dlm
 from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.models import Transformer
-from dlm.samplers import gumbel_noise, num_transfer_tokens, sample_categorical
 from dlm.noise.categorical import filter_logits
-from helpers import sample
+from dlm.samplers import gumbel_noise, num_transfer_tokens, sample_categorical
 
 V, MASK = 12, 11
 
@@ -28,8 +28,9 @@ def random_model(seed=0, vocab=V):
     return model
 
 
-def llada_reference(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, generator,
-                    cfg_scale=0.0):
+def llada_reference(
+    model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, generator, cfg_scale=0.0
+):
     """LLaDA's generate written from its description, in its own style (exp / Gumbel^T in float64). LLaDA draws its
     noise for the whole canvas and uses the block's; like dlm, this draws it for the block only."""
     B = prompt.shape[0]
@@ -75,17 +76,32 @@ def llada_reference(model, prompt, steps, gen_length, block_length, temperature,
 
 @pytest.mark.parametrize(
     "temperature,remasking,cfg_scale",
-    [(0.0, "low_confidence", 0.0), (0.7, "low_confidence", 0.0), (0.0, "random", 0.0), (1.0, "random", 0.0),
-     (0.5, "low_confidence", 1.5)],
+    [
+        (0.0, "low_confidence", 0.0),
+        (0.7, "low_confidence", 0.0),
+        (0.0, "random", 0.0),
+        (1.0, "random", 0.0),
+        (0.5, "low_confidence", 1.5),
+    ],
 )
 def test_confidence_sampler_matches_the_reference(temperature, remasking, cfg_scale):
     model = random_model()
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    ours = dlm.generate(model, prompt, mask_id=MASK, gen_length=16, steps=12, block_length=4,
-                        temperature=temperature, remasking=remasking, cfg_scale=cfg_scale,
-                        generator=torch.Generator().manual_seed(1))
-    ref = llada_reference(model, prompt, 12, 16, 4, temperature, remasking, MASK, torch.Generator().manual_seed(1),
-                          cfg_scale=cfg_scale)
+    ours = dlm.generate(
+        model,
+        prompt,
+        mask_id=MASK,
+        gen_length=16,
+        steps=12,
+        block_length=4,
+        temperature=temperature,
+        remasking=remasking,
+        cfg_scale=cfg_scale,
+        generator=torch.Generator().manual_seed(1),
+    )
+    ref = llada_reference(
+        model, prompt, 12, 16, 4, temperature, remasking, MASK, torch.Generator().manual_seed(1), cfg_scale=cfg_scale
+    )
     assert torch.equal(ours, ref)
 
 
@@ -98,8 +114,18 @@ def test_confidence_commit_counts_block_order_and_frozen_tokens():
     model = random_model(3)
     prompt = torch.tensor([[4, 5], [6, 7]])
     gen, steps, block = 12, 9, 4  # 3 blocks, 3 steps each, 4 masks per block: commits 2, 1, 1
-    out = sample("confidence", model, prompt, mask_id=MASK, gen_length=gen, steps=steps, block_length=block,
-                 temperature=1.0, generator=torch.Generator().manual_seed(0), history=True)
+    out = sample(
+        "confidence",
+        model,
+        prompt,
+        mask_id=MASK,
+        gen_length=gen,
+        steps=steps,
+        block_length=block,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+        history=True,
+    )
     x = out.tokens
     history = [torch.stack(states) for states in zip(*out.history)]  # step -> canvas [B, L]
     assert all(len(row) == steps for row in out.history) and torch.equal(history[-1], x)
@@ -190,8 +216,16 @@ def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
         calls.append(1)
         return model(x, t)
 
-    out = sample("ancestral", counted, prompt, mask_id=MASK, gen_length=12, steps=50,
-                 generator=torch.Generator().manual_seed(0), history=True)
+    out = sample(
+        "ancestral",
+        counted,
+        prompt,
+        mask_id=MASK,
+        gen_length=12,
+        steps=50,
+        generator=torch.Generator().manual_seed(0),
+        history=True,
+    )
     x, nfe, history = out.tokens, out.nfe, out.history[0]
     assert not (x == MASK).any()
     assert x[0, [0, 1, 3]].tolist() == [1, 2, 4]
@@ -205,8 +239,16 @@ def test_ancestral_sampler_fills_every_mask_and_keeps_clean_tokens():
 def test_ancestral_reveal_probability():
     """From t to s a masked token stays masked w.p. (1 - alpha(s)) / (1 - alpha(t)) (0.75 for 1 -> 0.75, loglinear)."""
     model = tiny_transformer(causal=False)
-    out = sample("ancestral", model, torch.zeros(200, 0, dtype=torch.long), mask_id=MASK, gen_length=50, steps=4,
-                 generator=torch.Generator().manual_seed(0), history=True)
+    out = sample(
+        "ancestral",
+        model,
+        torch.zeros(200, 0, dtype=torch.long),
+        mask_id=MASK,
+        gen_length=50,
+        steps=4,
+        generator=torch.Generator().manual_seed(0),
+        history=True,
+    )
     history = [torch.stack(states) for states in zip(*out.history)]  # step -> canvas [200, 50]
     still_masked = (history[0] == MASK).float().mean().item()
     assert still_masked == pytest.approx(0.75, abs=0.015)
@@ -219,8 +261,16 @@ def test_threshold_one_equals_one_commit_per_step(temperature, remasking):
     model, prompt = random_model(5), torch.tensor([[1, 2], [3, 4]])
     kw = dict(mask_id=MASK, gen_length=12, block_length=4, temperature=temperature, remasking=remasking)
     fixed = sample("confidence", model, prompt, steps=12, generator=torch.Generator().manual_seed(2), **kw)
-    tau = sample("confidence", model, prompt, steps=None, threshold=1.0, history=True,
-                 generator=torch.Generator().manual_seed(2), **kw)
+    tau = sample(
+        "confidence",
+        model,
+        prompt,
+        steps=None,
+        threshold=1.0,
+        history=True,
+        generator=torch.Generator().manual_seed(2),
+        **kw,
+    )
     assert torch.equal(fixed.tokens, tau.tokens) and all(len(row) == 12 for row in tau.history)
     assert tau.nfe == fixed.nfe == 12
 
@@ -229,8 +279,17 @@ def test_threshold_adapts_the_number_of_model_calls():
     model, prompt = random_model(6), torch.tensor([[1, 2]])
     calls, outs = {}, {}
     for tau in (1e-6, 0.5, 0.9, 1.0):  # 1e-6 is below every confidence
-        outs[tau] = out = sample("confidence", model, prompt, mask_id=MASK, gen_length=16, steps=None, block_length=8,
-                     threshold=tau, history=True)
+        outs[tau] = out = sample(
+            "confidence",
+            model,
+            prompt,
+            mask_id=MASK,
+            gen_length=16,
+            steps=None,
+            block_length=8,
+            threshold=tau,
+            history=True,
+        )
         assert not (out.tokens == MASK).any()
         calls[tau] = len(out.history[0])
         assert out.nfe == calls[tau]
@@ -252,8 +311,9 @@ def test_dream_orderings(remasking):
 
     score = REMASKING.get(remasking)(logits, x0_hat, None)
     assert score[0, 1] > score[0, 0]  # the peaked position beats the torn one
-    x = dlm.generate(random_model(), torch.tensor([[1]]), mask_id=MASK, gen_length=8, steps=4, block_length=4,
-                     remasking=remasking)
+    x = dlm.generate(
+        random_model(), torch.tensor([[1]]), mask_id=MASK, gen_length=8, steps=4, block_length=4, remasking=remasking
+    )
     assert not (x == MASK).any()
 
 
@@ -263,8 +323,9 @@ def test_confidence_top_k_one_is_greedy_and_top_p_restricts():
     greedy = sample("confidence", model, prompt, temperature=0.0, **kw).tokens
 
     def hot(**extra):
-        return sample("confidence", model, prompt, temperature=2.0, generator=torch.Generator().manual_seed(0),
-                      **kw, **extra).tokens
+        return sample(
+            "confidence", model, prompt, temperature=2.0, generator=torch.Generator().manual_seed(0), **kw, **extra
+        ).tokens
 
     assert torch.equal(greedy, hot(top_k=1)) and torch.equal(greedy, hot(top_p=1e-9))
     assert not torch.equal(greedy, hot())

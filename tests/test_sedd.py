@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from helpers import absorb_ratios, dlm, left_pad, sample, uniform_ratios
+from toy import ToyDistribution
 
 from dlm.config import ModelConfig
 from dlm.errors import DlmError
@@ -13,9 +15,6 @@ from dlm.models.transformer import Transformer
 from dlm.noise import get_schedule, uniform_tokens
 from dlm.objectives import OBJECTIVES, SEDD, masked_nelbo, score_entropy_nelbo
 from dlm.objectives.score_entropy import log_ratios
-from toy import ToyDistribution
-from helpers import absorb_ratios, dlm, left_pad, sample, uniform_ratios
-
 
 # --- the bound ---------------------------------------------------------------------------------------------------
 
@@ -24,18 +23,29 @@ def test_absorb_with_exact_ratios_is_the_mdlm_integrand_draw_by_draw():
     """sigma(t) r = w(t): with the exact ratios each draw is MDLM's, over [t_min, 1] (hence the 1 - t_min)."""
     toy = ToyDistribution(V=3, L=4, seed=2)
     x0 = toy.seqs[:40]
-    sedd = score_entropy_nelbo(absorb_ratios(toy), x0, mask_id=toy.mask_id, num_samples=3,
-                               generator=torch.Generator().manual_seed(7))
-    mdlm = masked_nelbo(toy.denoiser, x0, mask_id=toy.mask_id, num_samples=3,
-                        generator=torch.Generator().manual_seed(7))
+    sedd = score_entropy_nelbo(
+        absorb_ratios(toy), x0, mask_id=toy.mask_id, num_samples=3, generator=torch.Generator().manual_seed(7)
+    )
+    mdlm = masked_nelbo(
+        toy.denoiser, x0, mask_id=toy.mask_id, num_samples=3, generator=torch.Generator().manual_seed(7)
+    )
     torch.testing.assert_close(sedd, (1 - 1e-3) * mdlm.double(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer(graph):
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=8,
-                                    time_conditioning=graph == "uniform"))
+    model = Transformer(
+        ModelConfig(
+            vocab_size=20,
+            d_model=32,
+            n_layers=1,
+            n_heads=4,
+            d_ff=64,
+            max_seq_len=8,
+            time_conditioning=graph == "uniform",
+        )
+    )
     x0 = torch.randint(3, 20, (6, 8))
     kw = dict(graph=graph, mask_id=1, vocab_size=20)
     sedd = SEDD(SEDD.Config(graph=graph), mask_id=1, eos_id=2, vocab_size=20, schedule="loglinear")
@@ -49,8 +59,9 @@ def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer(graph):
 
 def test_uniform_noise_and_the_scaling():
     x0 = torch.zeros(4000, 8, dtype=torch.long)
-    xt, resampled = uniform_tokens(x0, torch.full((4000,), 0.5), get_schedule("linear"), 4,
-                                   torch.Generator().manual_seed(0))
+    xt, resampled = uniform_tokens(
+        x0, torch.full((4000,), 0.5), get_schedule("linear"), 4, torch.Generator().manual_seed(0)
+    )
     kept = (xt == 0).double().mean()  # alpha + (1 - alpha) / N = 0.5 + 0.5 / 4
     assert abs(kept - 0.625) < 0.01 and resampled.double().mean().sub(0.5).abs() < 0.01
     # absorb: zero logits give the total ratio alpha / (1 - alpha) over the V - 1 non-mask ids; s = 1 at xt itself
@@ -73,15 +84,26 @@ def frequencies(tokens, toy):
     return idx.double().mean(0)
 
 
-@pytest.mark.parametrize("graph,method,steps", [
-    ("absorb", "analytic", 32), ("absorb", "euler", 64), ("uniform", "analytic", 32), ("uniform", "euler", 64)])
+@pytest.mark.parametrize(
+    "graph,method,steps",
+    [("absorb", "analytic", 32), ("absorb", "euler", 64), ("uniform", "analytic", 32), ("uniform", "euler", 64)],
+)
 def test_sampler_with_the_exact_ratios_draws_the_toy_distribution(graph, method, steps):
     toy = ToyDistribution(V=3, L=3, seed=3)
     model = absorb_ratios(toy) if graph == "absorb" else uniform_ratios(toy, toy.V)
     n = 3000
-    out = sample(f"sedd-{method}", model, torch.empty(n, 0, dtype=torch.long), graph=graph, mask_id=toy.mask_id,
-                 vocab_size=toy.V, gen_length=3, steps=steps, time_conditioned=graph == "uniform",
-                 generator=torch.Generator().manual_seed(0))
+    out = sample(
+        f"sedd-{method}",
+        model,
+        torch.empty(n, 0, dtype=torch.long),
+        graph=graph,
+        mask_id=toy.mask_id,
+        vocab_size=toy.V,
+        gen_length=3,
+        steps=steps,
+        time_conditioned=graph == "uniform",
+        generator=torch.Generator().manual_seed(0),
+    )
     tokens, nfe = out.tokens, out.nfe
     tv = 0.5 * (frequencies(tokens, toy) - toy.p).abs().sum()
     assert tv < 0.06, tv
@@ -97,8 +119,18 @@ def test_sampler_keeps_the_prompt(graph):
     model = absorb_ratios(toy) if graph == "absorb" else uniform_ratios(toy, toy.V)
     n = 2000
     prompt = torch.full((n, 1), 2, dtype=torch.long)
-    tokens = sample("sedd-analytic", model, prompt, graph=graph, mask_id=toy.mask_id, vocab_size=toy.V, gen_length=2,
-                    steps=24, time_conditioned=True, generator=torch.Generator().manual_seed(1)).tokens
+    tokens = sample(
+        "sedd-analytic",
+        model,
+        prompt,
+        graph=graph,
+        mask_id=toy.mask_id,
+        vocab_size=toy.V,
+        gen_length=2,
+        steps=24,
+        time_conditioned=True,
+        generator=torch.Generator().manual_seed(1),
+    ).tokens
     assert torch.all(tokens[:, 0] == 2) and torch.all(tokens < toy.V)
     if graph == "absorb":
         given = toy.seqs[:, 0] == 2
@@ -110,20 +142,49 @@ def test_sampler_keeps_the_prompt(graph):
 def test_a_rows_sample_does_not_depend_on_its_batch(graph):
     """Left-padded prompts with one generator per row: each row alone gives the same tokens as in the batch."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16,
-                                    time_conditioning=graph == "uniform")).eval()
+    model = Transformer(
+        ModelConfig(
+            vocab_size=20,
+            d_model=32,
+            n_layers=1,
+            n_heads=4,
+            d_ff=64,
+            max_seq_len=16,
+            time_conditioning=graph == "uniform",
+        )
+    ).eval()
     prompts = [[5, 6, 7], [8]]
     tokens, mask = left_pad(prompts, pad_id=2)
-    kw = dict(mask_id=1, eos_id=0, pad_id=2, gen_length=6, steps=5, time_conditioned=graph == "uniform", graph=graph,
-              vocab_size=20)
-    both = sample("sedd-euler", model, tokens, prompt_mask=mask,
-                  generator=[torch.Generator().manual_seed(i) for i in (3, 4)], **kw).tokens
+    kw = dict(
+        mask_id=1,
+        eos_id=0,
+        pad_id=2,
+        gen_length=6,
+        steps=5,
+        time_conditioned=graph == "uniform",
+        graph=graph,
+        vocab_size=20,
+    )
+    both = sample(
+        "sedd-euler",
+        model,
+        tokens,
+        prompt_mask=mask,
+        generator=[torch.Generator().manual_seed(i) for i in (3, 4)],
+        **kw,
+    ).tokens
     assert torch.equal(both[:, :3], tokens)  # the prompt (and its padding) stays
     assert graph == "uniform" or not (both == 1).any()  # absorb: no mask left
     for j, seed in enumerate((3, 4)):
-        alone = sample("sedd-euler", model, torch.tensor([prompts[j]]), prompt_mask=None,
-                       generator=[torch.Generator().manual_seed(seed)], **kw).tokens
-        assert torch.equal(alone[0], both[j, 3 - len(prompts[j]):])
+        alone = sample(
+            "sedd-euler",
+            model,
+            torch.tensor([prompts[j]]),
+            prompt_mask=None,
+            generator=[torch.Generator().manual_seed(seed)],
+            **kw,
+        ).tokens
+        assert torch.equal(alone[0], both[j, 3 - len(prompts[j]) :])
 
 
 # --- the objective and the CLI -----------------------------------------------------------------------------------
@@ -145,8 +206,22 @@ def test_registry_and_configure():
 
 def test_train_eval_sample_sedd_absorb(tmp_path):
     run = tmp_path / "sedd"
-    proc = dlm("train", "--preset", "tiny", "--objective", "sedd", "--graph", "absorb", "--max-steps", 20,
-               "--out", run, "--quiet", "--set", "train.precision=fp32")
+    proc = dlm(
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "sedd",
+        "--graph",
+        "absorb",
+        "--max-steps",
+        20,
+        "--out",
+        run,
+        "--quiet",
+        "--set",
+        "train.precision=fp32",
+    )
     assert "done: step 20, validation <= " in proc.stdout + proc.stderr
     report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 2).stdout)
     assert report["objective"] == "sedd" and report["is_bound"] is True and report["mc_draws"] == 2
@@ -161,10 +236,13 @@ def test_train_eval_sample_sedd_absorb(tmp_path):
     assert proc.returncode == 2 and "use one of: sedd-analytic, sedd-euler" in proc.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--objective", "sedd", "--graph", "ring"], "unknown graph 'ring'; choose one of: absorb, uniform"),
-    (["--objective", "mdlm", "--graph", "uniform"], "--graph uniform applies to --objective sedd only"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--objective", "sedd", "--graph", "ring"], "unknown graph 'ring'; choose one of: absorb, uniform"),
+        (["--objective", "mdlm", "--graph", "uniform"], "--graph uniform applies to --objective sedd only"),
+    ],
+)
 def test_bad_graph_gets_a_one_line_error(args, message, tmp_path):
     proc = dlm("train", "--preset", "tiny", "--max-steps", 1, "--out", tmp_path / "r", *args, check=False)
     assert proc.returncode == 2

@@ -41,11 +41,14 @@ def test_crossings_checkpoints_and_fit():
 
 def test_time_scales_from_hand_made_curves():
     steps = [100, 200, 400, 800]
-    runs = [{"n": n, "step": steps, "f_mem": f, "test_loss": loss} for n, f, loss in [
-        (64, [0.0, 0.1, 0.3, 0.5], [0.5, 0.4, 0.45, 0.5]),  # min 0.4 at 200; f_mem reaches 0.1 at 200
-        (128, [0.0, 0.0, 0.1, 0.3], [0.5, 0.4, 0.3, 0.35]),  # min 0.3 at 400; f_mem 0.1 at 400
-        (256, [0.0, 0.0, 0.0, 0.1], [0.5, 0.4, 0.3, 0.2]),  # min 0.2 at 800; f_mem 0.1 at 800
-    ]]
+    runs = [
+        {"n": n, "step": steps, "f_mem": f, "test_loss": loss}
+        for n, f, loss in [
+            (64, [0.0, 0.1, 0.3, 0.5], [0.5, 0.4, 0.45, 0.5]),  # min 0.4 at 200; f_mem reaches 0.1 at 200
+            (128, [0.0, 0.0, 0.1, 0.3], [0.5, 0.4, 0.3, 0.35]),  # min 0.3 at 400; f_mem 0.1 at 400
+            (256, [0.0, 0.0, 0.0, 0.1], [0.5, 0.4, 0.3, 0.2]),  # min 0.2 at 800; f_mem 0.1 at 800
+        ]
+    ]
     fits = memorization.summarise(runs, mem_threshold=0.1, gen_tol=0.0)
     assert [r["tau_mem"] for r in runs] == pytest.approx([200, 400, 800])
     assert [r["tau_opt"] for r in runs] == [200, 400, 800]
@@ -70,8 +73,20 @@ def test_empirical_denoiser_snaps_to_the_training_set_and_its_samples_are_copies
 def test_memorisation_pipeline_at_toy_size():
     g = torch.Generator().manual_seed(0)
     pool, held_out = torch.rand(16, 64, generator=g) * 2 - 1, torch.rand(10, 64, generator=g) * 2 - 1
-    args = Namespace(width=32, depth=2, lr=1e-3, batch=8, samples=16, sample_steps=4, first=10, max_steps=20,
-                     stop_at=0.3, mem_threshold=0.1, gen_tol=0.05, seed=0)
+    args = Namespace(
+        width=32,
+        depth=2,
+        lr=1e-3,
+        batch=8,
+        samples=16,
+        sample_steps=4,
+        first=10,
+        max_steps=20,
+        stop_at=0.3,
+        mem_threshold=0.1,
+        gen_tol=0.05,
+        seed=0,
+    )
     run = memorization.train_and_watch(8, pool, held_out, args, log=lambda *_: None)
     assert run["step"] == [10, 14, 20] and all(0.0 <= f <= 1.0 for f in run["f_mem"])
     memorization.summarise([run], args.mem_threshold, args.gen_tol)
@@ -102,8 +117,9 @@ def test_exact_denoiser_samples_stay_on_the_plane_and_quality_is_zero_on_data():
 
 
 def test_prediction_targets_pipeline_at_toy_size():
-    out = prediction_targets.run([4], steps=3, batch=16, width=16, weightings=["snr+1", "own"], n=64,
-                                 sample_steps=4, seed=0, log=lambda *_: None)
+    out = prediction_targets.run(
+        [4], steps=3, batch=16, width=16, weightings=["snr+1", "own"], n=64, sample_steps=4, seed=0, log=lambda *_: None
+    )
     res = out["results"]
     assert set(res["own"]["4"]) == {"x0", "eps", "v"}
     assert res["own"]["4"]["v"]["same_run_as"] == "snr+1"  # v's own MSE is the snr+1 weighting: trained once

@@ -68,7 +68,12 @@ def test_metrics_and_checkpoint_round_trip(tiny_mdlm_run):
     assert cfg.train.objective == "mdlm" and cfg.model.vocab_size == tok.vocab_size == 8192
     assert not cfg.model.causal and tok.mask_id is not None
     assert sorted(p.name for p in (tiny_mdlm_run / "checkpoint").iterdir()) == [
-        "config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json", "trainer_state.json"]
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "tokenizer.json",
+        "trainer_state.json",
+    ]
 
 
 def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tiny_mdlm_run, tmp_path):

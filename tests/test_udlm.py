@@ -6,6 +6,9 @@ import json
 
 import pytest
 import torch
+from helpers import dlm, left_pad, sample, uniform_ratios, uniform_x0_denoiser
+from test_sedd import frequencies
+from toy import ToyDistribution
 
 from dlm.config import ModelConfig
 from dlm.errors import DlmError
@@ -13,9 +16,6 @@ from dlm.models.transformer import Transformer
 from dlm.noise import get_schedule
 from dlm.objectives import OBJECTIVES, UDLM, mean_log_ratios, udlm_nelbo
 from dlm.samplers import SAMPLERS
-from helpers import dlm, left_pad, sample, uniform_ratios, uniform_x0_denoiser
-from test_sedd import frequencies
-from toy import ToyDistribution
 
 
 def test_the_mean_parameterisation_of_the_exact_denoiser_gives_the_exact_ratios():
@@ -29,8 +29,9 @@ def test_the_mean_parameterisation_of_the_exact_denoiser_gives_the_exact_ratios(
 
 def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer():
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=8,
-                                    time_conditioning=True))
+    model = Transformer(
+        ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=8, time_conditioning=True)
+    )
     x0 = torch.randint(3, 20, (6, 8))
     udlm = UDLM(mask_id=1, eos_id=2, vocab_size=20, schedule="loglinear")
     out = udlm.loss(model, x0, torch.Generator().manual_seed(5))
@@ -50,15 +51,33 @@ def test_loss_is_the_one_draw_nelbo_per_token_and_trains_a_transformer():
 
 
 def run_udlm(model, prompt, steps, gen_length, generator, prompt_mask=None, history=False, vocab_size=None):
-    return sample("udlm", model, prompt, mask_id=3, eos_id=4, gen_length=gen_length, steps=steps,
-                  prompt_mask=prompt_mask, generator=generator, history=history, vocab_size=vocab_size)
+    return sample(
+        "udlm",
+        model,
+        prompt,
+        mask_id=3,
+        eos_id=4,
+        gen_length=gen_length,
+        steps=steps,
+        prompt_mask=prompt_mask,
+        generator=generator,
+        history=history,
+        vocab_size=vocab_size,
+    )
 
 
 def test_sampler_with_the_exact_denoiser_draws_the_toy_distribution_and_revises_tokens():
     toy = ToyDistribution(V=3, L=3, seed=3)
     n = 3000
-    out = run_udlm(uniform_x0_denoiser(toy, toy.vocab), torch.empty(n, 0, dtype=torch.long), 32, 3,
-                   torch.Generator().manual_seed(0), history=True, vocab_size=toy.vocab)
+    out = run_udlm(
+        uniform_x0_denoiser(toy, toy.vocab),
+        torch.empty(n, 0, dtype=torch.long),
+        32,
+        3,
+        torch.Generator().manual_seed(0),
+        history=True,
+        vocab_size=toy.vocab,
+    )
     tokens = out.tokens
     assert all(len(canvases) == 32 for canvases in out.history)  # one canvas per row after each of the 32 steps
     history = [torch.stack([canvases[step] for canvases in out.history]) for step in range(32)]  # [step] (n, L)
@@ -71,17 +90,20 @@ def test_sampler_with_the_exact_denoiser_draws_the_toy_distribution_and_revises_
 
 def test_a_rows_sample_does_not_depend_on_its_batch():
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16,
-                                    time_conditioning=True)).eval()
+    model = Transformer(
+        ModelConfig(vocab_size=20, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16, time_conditioning=True)
+    ).eval()
     prompts = [[5, 6, 7], [8]]
     tokens, mask = left_pad(prompts, pad_id=2)
-    both = run_udlm(model, tokens, 5, 6, [torch.Generator().manual_seed(i) for i in (3, 4)], prompt_mask=mask,
-                    vocab_size=20).tokens
+    both = run_udlm(
+        model, tokens, 5, 6, [torch.Generator().manual_seed(i) for i in (3, 4)], prompt_mask=mask, vocab_size=20
+    ).tokens
     assert torch.equal(both[:, :3], tokens) and not (both == 3).any()  # the prompt stays; the mask id is never drawn
     for j, seed in enumerate((3, 4)):
-        alone = run_udlm(model, torch.tensor([prompts[j]]), 5, 6, [torch.Generator().manual_seed(seed)],
-                         vocab_size=20).tokens
-        assert torch.equal(alone[0], both[j, 3 - len(prompts[j]):])
+        alone = run_udlm(
+            model, torch.tensor([prompts[j]]), 5, 6, [torch.Generator().manual_seed(seed)], vocab_size=20
+        ).tokens
+        assert torch.equal(alone[0], both[j, 3 - len(prompts[j]) :])
 
 
 def test_registry_configure_and_sampler_options():
@@ -104,8 +126,20 @@ def test_registry_configure_and_sampler_options():
 
 def test_train_eval_sample_udlm(tmp_path):
     run = tmp_path / "udlm"
-    proc = dlm("train", "--preset", "tiny", "--objective", "udlm", "--max-steps", 20, "--out", run, "--quiet",
-               "--set", "train.precision=fp32")
+    proc = dlm(
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "udlm",
+        "--max-steps",
+        20,
+        "--out",
+        run,
+        "--quiet",
+        "--set",
+        "train.precision=fp32",
+    )
     assert "done: step 20, validation <= " in proc.stdout + proc.stderr
     report = json.loads(dlm("eval", run, "--json", "--max-sequences", 8, "--num-samples", 2).stdout)
     assert report["objective"] == "udlm" and report["is_bound"] is True

@@ -155,18 +155,26 @@ CASES: dict[str, Case] = {
     "ar": Case(causal, exact_caches=KV_EXACT, toys=(ToyCase("exact", _ar_toy),)),
     "ancestral": Case(toys=(ToyCase("exact", _ancestral_toy),)),
     # greedy by default (temperature 0): draws that depend on the seed need a temperature
-    "confidence": Case(options={"temperature": 1.0, "block_length": 4},
-                       # Fast-dLLM's caches are approximations; refreshed at every step they are exact
-                       exact_caches=(({"cache": "prefix", "refresh_every": 1}, {"cache": "none"}),
-                                     ({"cache": "dual", "refresh_every": 1}, {"cache": "none"}))),
+    "confidence": Case(
+        options={"temperature": 1.0, "block_length": 4},
+        # Fast-dLLM's caches are approximations; refreshed at every step they are exact
+        exact_caches=(
+            ({"cache": "prefix", "refresh_every": 1}, {"cache": "none"}),
+            ({"cache": "dual", "refresh_every": 1}, {"cache": "none"}),
+        ),
+    ),
     "block": Case(facts={"block_size": 4}, exact_caches=KV_EXACT, toys=(ToyCase("exact", _block_toy),)),
     "esolm": Case(facts={"alpha0": 0.5, "variant": "B"}, exact_caches=KV_EXACT, toys=(ToyCase("exact", _esolm_toy),)),
     "sedd-analytic": Case(ratios, facts={"graph": "absorb"}, toys=SEDD_TOYS, log_prob_offset=math.log(VOCAB - 1)),
     # the uniform graph on a time-conditioned model (SEDD's uniform models are)
-    "sedd-euler": Case(time_conditioned, facts={"graph": "uniform", "time_conditioned": True, "vocab_size": VOCAB},
-                       toys=SEDD_TOYS, log_prob_offset=math.log(VOCAB - 1), **UNIFORM_STATE),
-    "udlm": Case(time_conditioned, facts={"vocab_size": VOCAB}, toys=(ToyCase("exact", _udlm_toy),),
-                 **UNIFORM_STATE),
+    "sedd-euler": Case(
+        time_conditioned,
+        facts={"graph": "uniform", "time_conditioned": True, "vocab_size": VOCAB},
+        toys=SEDD_TOYS,
+        log_prob_offset=math.log(VOCAB - 1),
+        **UNIFORM_STATE,
+    ),
+    "udlm": Case(time_conditioned, facts={"vocab_size": VOCAB}, toys=(ToyCase("exact", _udlm_toy),), **UNIFORM_STATE),
     "embed-ddpm": Case(embedding, **UNIFORM_STATE),
     "embed-ddim": Case(embedding, **UNIFORM_STATE),
     "embed-dpmpp-2m": Case(embedding, **UNIFORM_STATE),

@@ -115,8 +115,12 @@ def _esolm(alpha0, variant):
         from dlm.objectives import EsoLM
 
         toy = _toy()
-        return (toy, esolm_oracle(toy), esolm_oracle(toy, wrong=0.5),
-                {"config": EsoLM.Config(alpha0=alpha0, variant=variant), "vocab_size": toy.vocab})
+        return (
+            toy,
+            esolm_oracle(toy),
+            esolm_oracle(toy, wrong=0.5),
+            {"config": EsoLM.Config(alpha0=alpha0, variant=variant), "vocab_size": toy.vocab},
+        )
 
     return ObjectiveToy(f"alpha{alpha0}-{variant}", make, draws=2000, margin=0.05)
 
@@ -124,25 +128,36 @@ def _esolm(alpha0, variant):
 CASES: dict[str, ObjectiveCase] = {
     "ar": ObjectiveCase(toys=(ObjectiveToy("exact", _ar, draws=1),)),  # exact: one evaluation, no draws
     "mdlm": ObjectiveCase(toys=tuple(_mdlm(s) for s in ("linear", "loglinear", "cosine"))),
-    "sedd": ObjectiveCase(options=({}, {"graph": "uniform"}), bad={"graph": ("ring", "unknown graph 'ring'")},
-                          toys=(ObjectiveToy("absorb", _sedd_absorb), ObjectiveToy("uniform", _sedd_uniform, 3000))),
+    "sedd": ObjectiveCase(
+        options=({}, {"graph": "uniform"}),
+        bad={"graph": ("ring", "unknown graph 'ring'")},
+        toys=(ObjectiveToy("absorb", _sedd_absorb), ObjectiveToy("uniform", _sedd_uniform, 3000)),
+    ),
     "udlm": ObjectiveCase(toys=(ObjectiveToy("exact", _udlm, draws=3000),)),
-    "bd3lm": ObjectiveCase(options=({"block_size": 4}, {"block_size": 2, "clip_beta": 0.2, "clip_omega": 0.9}),
-                           bad={"block_size": (0, "--block-size 0 must be positive"),
-                                "clip_beta": (0.9, "the clipped schedule needs 0 <= objective.clip_beta"),
-                                "clip_omega": (1.5, "the clipped schedule needs")},
-                           toys=tuple(_bd3lm(k) for k in (1, 2, 4))),
-    "esolm": ObjectiveCase(options=({}, {"alpha0": 0.5, "variant": "A"}),
-                           bad={"alpha0": (1.5, "--alpha0 1.5 must be in [0, 1]"),
-                                "variant": ("C", "--variant C is not an Eso-LM variant")},
-                           toys=tuple(_esolm(a, v) for a in (0.5, 1.0) for v in ("A", "B"))),
+    "bd3lm": ObjectiveCase(
+        options=({"block_size": 4}, {"block_size": 2, "clip_beta": 0.2, "clip_omega": 0.9}),
+        bad={
+            "block_size": (0, "--block-size 0 must be positive"),
+            "clip_beta": (0.9, "the clipped schedule needs 0 <= objective.clip_beta"),
+            "clip_omega": (1.5, "the clipped schedule needs"),
+        },
+        toys=tuple(_bd3lm(k) for k in (1, 2, 4)),
+    ),
+    "esolm": ObjectiveCase(
+        options=({}, {"alpha0": 0.5, "variant": "A"}),
+        bad={
+            "alpha0": (1.5, "--alpha0 1.5 must be in [0, 1]"),
+            "variant": ("C", "--variant C is not an Eso-LM variant"),
+        },
+        toys=tuple(_esolm(a, v) for a in (0.5, 1.0) for v in ("A", "B")),
+    ),
 }
 
 # objectives with no exact model of the discrete toy, and why (the suite asserts this is exactly the set of
 # registered objectives without toys)
 EXEMPT = {
     "diffusion-lm": "Gaussian diffusion on learned embeddings: no exact model of a discrete toy over token ids; "
-                    "its tight bound is tests/test_diffusion_lm.py's four-corner ExactDenoiser",
+    "its tight bound is tests/test_diffusion_lm.py's four-corner ExactDenoiser",
 }
 
 

@@ -6,8 +6,18 @@ from dlm.cli import app
 from dlm.samplers import sampler_options
 
 # flags of `dlm sample` that belong to the Engine or the command, not to a sampler config
-NOT_SAMPLER_OPTIONS = {"run_dir", "prompt", "prompt_file", "gen_length", "sampler", "stop_at_eos", "num_samples",
-                       "batch_size", "seed", "show_steps"}
+NOT_SAMPLER_OPTIONS = {
+    "run_dir",
+    "prompt",
+    "prompt_file",
+    "gen_length",
+    "sampler",
+    "stop_at_eos",
+    "num_samples",
+    "batch_size",
+    "seed",
+    "show_steps",
+}
 
 
 def sample_command():

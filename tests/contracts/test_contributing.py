@@ -17,8 +17,11 @@ from . import test_sampler_contracts as contracts
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONTRIBUTING.md"
 NAME = "left-to-right"
-CONTRACTS = [f for n, f in inspect.getmembers(contracts, inspect.isfunction)
-             if n.startswith("test_") and list(inspect.signature(f).parameters) == ["name"]]
+CONTRACTS = [
+    f
+    for n, f in inspect.getmembers(contracts, inspect.isfunction)
+    if n.startswith("test_") and list(inspect.signature(f).parameters) == ["name"]
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,10 @@ def example():
     module = types.ModuleType("dlm.samplers.left_to_right")
     sys.modules[module.__name__] = module
     exec(compile(blocks[0], "dlm/samplers/left_to_right.py", "exec"), module.__dict__)
-    exec(compile(blocks[1], "dlm/samplers/__init__.py", "exec"),
-         {"SAMPLERS": SAMPLERS, "Sampler": Sampler, **module.__dict__})
+    exec(
+        compile(blocks[1], "dlm/samplers/__init__.py", "exec"),
+        {"SAMPLERS": SAMPLERS, "Sampler": Sampler, **module.__dict__},
+    )
     yield module
     SAMPLERS._items.pop(NAME, None)
     sys.modules.pop(module.__name__, None)

@@ -76,8 +76,10 @@ def test_every_case_names_a_registered_objective_and_only_the_listed_objectives_
     stale = sorted((set(CASES) | set(EXEMPT)) - set(NAMES))
     assert not stale, f"cases for objectives that are not registered: {stale}"
     without = {name for name in NAMES if not case(name).toys}
-    assert without == set(EXEMPT), f"objectives without an exact model of the toy: {sorted(without)}; exempt: " \
-                                   f"{sorted(EXEMPT)} (give the new objective a toy case or exempt it with a reason)"
+    assert without == set(EXEMPT), (
+        f"objectives without an exact model of the toy: {sorted(without)}; exempt: "
+        f"{sorted(EXEMPT)} (give the new objective a toy case or exempt it with a reason)"
+    )
     assert not any(case(name).toys for name in EXEMPT)
 
 
@@ -90,6 +92,7 @@ def test_the_class_declares_the_objective_contract(name):
 
 
 # --- (a) tight with the exact model, (b) a bound for a wrong one ------------------------------------------------
+
 
 @pytest.mark.parametrize("name,toy_case", TOY_CASES, ids=TOY_IDS)
 def test_nll_of_the_exact_model_is_the_toys_nll(name, toy_case):
@@ -112,6 +115,7 @@ def test_nll_of_a_wrong_model_is_above_the_entropy(name, toy_case):
 
 
 # --- (c) seeded determinism, (d) the loss -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,options", RUNS, ids=RUN_IDS)
 def test_loss_and_nll_are_seeded(name, options):
@@ -156,6 +160,7 @@ def test_loss_is_a_finite_scalar_with_gradients_and_detached_tensor_metrics(name
 
 # --- (e) options, (f) build -------------------------------------------------------------------------------------
 
+
 def _one_line(err) -> str:
     message = str(err.value)
     assert message and "\n" not in message
@@ -168,8 +173,9 @@ def test_an_unknown_option_and_out_of_range_values_are_one_line_errors(name):
     fields = [f.name for f in dataclasses.fields(cls.Config)]
     with pytest.raises(DlmError) as err:
         apply_overrides(run_config(name), ["objective.no_such_option=1"])
-    assert _one_line(err).startswith(f"objective.no_such_option is not an option of the {name} objective; its "
-                                     f"options: {', '.join(fields) or 'none'}")
+    assert _one_line(err).startswith(
+        f"objective.no_such_option is not an option of the {name} objective; its options: {', '.join(fields) or 'none'}"
+    )
     with pytest.raises(DlmError) as err:
         RunConfig.from_dict({**run_config(name).to_dict(), "objective": {"no_such_option": 1}})
     assert "objective.no_such_option is not an option" in _one_line(err)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import CountingModel
 
 from dlm.errors import DlmError
 from dlm.samplers import SAMPLERS, SampleBatch, end_at_eos, run_sampler, user_fields
-from helpers import CountingModel
 
 from .cases import CASES, EOS, MASK, PAD, case, with_options
 
@@ -50,6 +50,7 @@ def test_every_cached_sampler_declares_its_exact_cache(name):
 
 # --- (1) seeded determinism ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_same_generators_same_tokens_and_other_seeds_other_tokens(name):
     model = model_for(name)
@@ -62,6 +63,7 @@ def test_same_generators_same_tokens_and_other_seeds_other_tokens(name):
 
 
 # --- (2) batch invariance --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_left_padded_batch_gives_each_prompt_its_own_tokens(name):
@@ -78,6 +80,7 @@ def test_a_left_padded_batch_gives_each_prompt_its_own_tokens(name):
 
 
 # --- (3) EOS stopping ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_stop_at_eos_trims_after_the_first_eos_and_keeps_what_came_before(name):
@@ -122,6 +125,7 @@ def test_a_model_that_ends_every_row_at_once_stops_the_sampler_early(name):
 
 # --- (4) cached == uncached ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_an_exact_cache_gives_the_uncached_tokens(name):
     model = model_for(name)
@@ -132,6 +136,7 @@ def test_an_exact_cache_gives_the_uncached_tokens(name):
 
 
 # --- (5) options that do not apply, shared validation ----------------------------------------------------------
+
 
 def _one_line_error(name, options):
     c = case(name)
@@ -155,14 +160,22 @@ def test_options_that_do_not_apply_are_rejected_in_one_line(name):
 
 # --- (6) on_step -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_on_step_sees_every_step_and_committed_tokens_never_change(name):
     model = CountingModel(model_for(name))
     states = []
 
     def listen(state):
-        states.append((state.step, state.nfe, state.tokens.clone(), state.committed.clone(),
-                       None if state.masked is None else state.masked.clone()))
+        states.append(
+            (
+                state.step,
+                state.nfe,
+                state.tokens.clone(),
+                state.committed.clone(),
+                None if state.masked is None else state.masked.clone(),
+            )
+        )
 
     out = run(name, model, [[5, 6, 7], [8, 9, 10]], 0, on_step=listen)  # one generator: the rows run as a batch
     assert [s[0] for s in states] == list(range(1, len(states) + 1)) and len(states) >= 2
@@ -189,6 +202,7 @@ def test_on_step_returning_false_stops_the_sampler(name):
 
 
 # --- (7) NFE ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nfe_counts_the_model_calls(name):
