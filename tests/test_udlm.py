@@ -1,13 +1,12 @@
 """UDLM (uniform-state diffusion): the mean parameterisation of the exact denoiser against SEDD's exact uniform
-ratios (tightness and the bound are the objective contracts), the ancestral sampler against the toy's frequencies
-and its ability to revise tokens, and `dlm train/eval/sample --objective udlm` end to end on the tiny preset."""
+ratios (tightness and the bound are the objective contracts, its draws of the toy a sampler contract), the sampler's
+ability to revise tokens, and `dlm train/eval/sample --objective udlm` end to end on the tiny preset."""
 
 import json
 
 import pytest
 import torch
 from helpers import dlm, left_pad, sample, uniform_ratios, uniform_x0_denoiser
-from test_sedd import frequencies
 from toy import ToyDistribution
 
 from dlm.config import ModelConfig
@@ -66,7 +65,10 @@ def run_udlm(model, prompt, steps, gen_length, generator, prompt_mask=None, hist
     )
 
 
-def test_sampler_with_the_exact_denoiser_draws_the_toy_distribution_and_revises_tokens():
+def test_sampler_revises_tokens():
+    """UDLM may change any generated token at any step. (That it draws the toy's distribution with the exact
+    denoiser is the sampler contract's chi-square test, at 64 steps: at the 32 here it is measurably off, chi-square
+    67.5 against a critical 51.3 over 3000 draws.)"""
     toy = ToyDistribution(V=3, L=3, seed=3)
     n = 3000
     out = run_udlm(
@@ -81,8 +83,6 @@ def test_sampler_with_the_exact_denoiser_draws_the_toy_distribution_and_revises_
     tokens = out.tokens
     assert all(len(canvases) == 32 for canvases in out.history)  # one canvas per row after each of the 32 steps
     history = [torch.stack([canvases[step] for canvases in out.history]) for step in range(32)]  # [step] (n, L)
-    tv = 0.5 * (frequencies(tokens, toy) - toy.p).abs().sum()
-    assert tv < 0.06, tv
     # "may revise any token": real tokens present at one step are replaced later
     revised = ((history[10] < toy.V) & (history[10] != tokens)).float().mean()
     assert revised > 0.02, revised
