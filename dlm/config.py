@@ -43,8 +43,20 @@ class ModelConfig:
     time_conditioning: bool = False  # adaLN conditioning on t
     tie_embeddings: bool = False
     embed_dim: int = 0  # > 0: token embeddings of this width, projected to and from d_model (Diffusion-LM)
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0  # RoPE's theta (rope_theta in Hugging Face configs)
     dropout: float = 0.0
+    # the Llama family (arch "llama": separate q/k/v/o projections, grouped-query attention, SwiGLU, no biases;
+    # "dlm": the original fused-qkv / GELU layout, which the fields below do not apply to)
+    arch: str = "dlm"
+    n_kv_heads: int = 0  # key-value heads (0: n_heads; fewer: grouped-query attention)
+    head_dim: int = 0  # width of a head (0: d_model // n_heads)
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    norm_eps: float = 0.0  # RMSNorm epsilon (0: torch's default, the dtype's machine epsilon)
+    rope_scaling: str = "none"  # "none" or "llama3" (Llama 3.1's frequency-dependent scaling)
+    rope_factor: float = 8.0  # llama3: how much the long wavelengths are slowed
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192  # llama3: the context the base model was trained for
 
 
 @dataclass
@@ -167,8 +179,7 @@ class RunConfig:
             if not value > 0:
                 raise DlmError(f"{name} must be positive, got {value}")
         m = self.model
-        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
-            raise DlmError(f"model.d_model {m.d_model} must split into {m.n_heads} heads of even size")
+        check_architecture(m)
         if m.embed_dim < 0:
             raise DlmError(f"model.embed_dim must be 0 (embeddings of width d_model) or positive, got {m.embed_dim}")
         if not 0.0 <= self.train.ema < 1.0:
@@ -195,6 +206,49 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
     except DlmError:
         takes = {}
     return {**d, "train": train, "objective": {k: v for k, v in options.items() if k in takes}}
+
+
+ARCHITECTURES = ("dlm", "llama")
+
+
+def check_architecture(m: ModelConfig) -> None:
+    """One-line errors for a model shape that cannot be built (heads, head width, the Llama-family fields)."""
+    if m.arch not in ARCHITECTURES:
+        raise DlmError(f"unknown model.arch {m.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    llama_only = {
+        "n_kv_heads": m.n_kv_heads != 0,
+        "head_dim": m.head_dim != 0,
+        "qkv_bias": m.qkv_bias,
+        "norm_eps": m.norm_eps != 0.0,
+        "rope_scaling": m.rope_scaling != "none",
+    }
+    if m.arch == "dlm":
+        given = [name for name, set_ in llama_only.items() if set_]
+        if given:
+            raise DlmError(f"model.{given[0]} applies to model.arch=llama only (the dlm layout has fused heads)")
+        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+            raise DlmError(f"model.d_model {m.d_model} must split into {m.n_heads} heads of even size")
+        return
+    head_dim = m.head_dim or (m.d_model // m.n_heads if m.d_model % m.n_heads == 0 else 0)
+    if head_dim <= 0 or head_dim % 2:
+        raise DlmError(
+            f"model.head_dim must be a positive even number (or 0 with d_model {m.d_model} divisible "
+            f"by n_heads {m.n_heads} into heads of even size), got {m.head_dim}"
+        )
+    kv = m.n_kv_heads or m.n_heads
+    if kv <= 0 or m.n_heads % kv:
+        raise DlmError(f"model.n_kv_heads {m.n_kv_heads} must divide model.n_heads {m.n_heads} (0: as many)")
+    if m.norm_eps < 0:
+        raise DlmError(f"model.norm_eps must be >= 0 (0: torch's default), got {m.norm_eps}")
+    if m.rope_scaling not in ("none", "llama3"):
+        raise DlmError(f"unknown model.rope_scaling {m.rope_scaling!r}; choose one of: none, llama3")
+    if m.rope_scaling == "llama3" and not (
+        m.rope_factor > 0 and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor and m.rope_original_max_len > 0
+    ):
+        raise DlmError(
+            "llama3 rope scaling needs rope_factor > 0, 0 < rope_low_freq_factor < "
+            "rope_high_freq_factor and rope_original_max_len > 0"
+        )
 
 
 def _build(cls, d: dict[str, Any], prefix: str):

@@ -32,7 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlm.config import ModelConfig
+from dlm.config import ModelConfig, check_architecture
+from dlm.errors import DlmError
+from dlm.models.llama import GroupedQueryAttention, SwiGLU, heads
+from dlm.models.rope import apply_rope, rope_angles, rope_inv_freq
 
 
 class KVCache:
@@ -131,22 +134,6 @@ class CanvasCache:
         return self.keys[layer], self.values[layer]
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of RoPE for integer ``positions`` [L] or [B, L] -> each [L, Dh] or [B, 1, L, Dh]."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[..., None] * inv_freq  # (..., L, Dh/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (..., L, Dh)
-    if angles.dim() == 3:
-        angles = angles[:, None]  # (B, 1, L, Dh), broadcast over heads
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -170,12 +157,16 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.d_model)
-        self.attn = Attention(cfg)
-        self.norm2 = nn.RMSNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh"), nn.Linear(cfg.d_ff, cfg.d_model)
-        )
+        eps = cfg.norm_eps or None
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=eps)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=eps)
+        if cfg.arch == "llama":  # grouped-query attention and SwiGLU (dlm.models.llama)
+            self.attn, self.mlp = GroupedQueryAttention(cfg), SwiGLU(cfg)
+        else:
+            self.attn = Attention(cfg)
+            self.mlp = nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh"), nn.Linear(cfg.d_ff, cfg.d_model)
+            )
         self.drop = nn.Dropout(cfg.dropout)
         # adaLN: shift, scale, gate for attention and MLP from the time embedding; zero-init = identity at start
         self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_conditioning else None
@@ -230,14 +221,18 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
-            raise ValueError(f"d_model {cfg.d_model} must split into {cfg.n_heads} heads of even size")
+        try:
+            check_architecture(cfg)
+        except DlmError as e:
+            raise ValueError(str(e)) from None
         self.config = cfg
         width = cfg.embed_dim or cfg.d_model  # E, the width of the token-embedding space
         self.tok_embed = nn.Embedding(cfg.vocab_size, width)  # ``embed.weight`` in state dicts (the hooks below)
         self.in_proj = nn.Linear(width, cfg.d_model) if cfg.embed_dim else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.d_model)
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps or None)
+        # RoPE frequencies (Dh / 2,), float32: a plain tensor, not a buffer, so that .to(dtype) never rounds them
+        self.rope_inv_freq = rope_inv_freq(cfg)
         self.out_proj = nn.Linear(cfg.d_model, width) if cfg.embed_dim else None
         self.head = nn.Linear(width, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -256,7 +251,7 @@ class Transformer(nn.Module):
             if p.dim() == 2:
                 std = (
                     0.02 / math.sqrt(2 * self.config.n_layers)
-                    if name.endswith(("out.weight", "mlp.2.weight"))
+                    if name.endswith(("out.weight", "mlp.2.weight", "o_proj.weight", "down_proj.weight"))
                     else 0.02
                 )
                 nn.init.normal_(p, std=std)
@@ -318,7 +313,7 @@ class Transformer(nn.Module):
         past = 0 if kv_cache is None else kv_cache.offset
         if positions is None:
             positions = torch.arange(past, past + L, device=device)
-        cos, sin = rope_angles(positions, self.config.d_model // self.config.n_heads, self.config.rope_base)
+        cos, sin = rope_angles(positions, heads(self.config)[2], self.config.rope_base, self.rope_inv_freq)
 
         mask, is_causal = attn_mask, False
         if mask is not None and mask.dim() == 3:
