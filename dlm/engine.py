@@ -67,7 +67,7 @@ class Engine:
                 f"sampler {name!r} does not apply to a model trained with --objective "
                 f"{self.config.train.objective}; use one of: {', '.join(self.samplers)}"
             )
-        return name, entry.make_config(options, model_facts(self.config, self.tokenizer))
+        return name, entry.make_config(options, model_facts(self.config))
 
     def generate(
         self, prompts: str | list[str], sampler: str | None = None, seed: int = 0, on_step=None, **options

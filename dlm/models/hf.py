@@ -7,8 +7,6 @@ a key that is missing or left over). Nothing here downloads anything or imports 
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from dlm.config import ModelConfig
@@ -81,7 +79,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
         names.update({hf.format(i=i): ours.format(i=i) for hf, ours in _LAYER_KEYS.items()})
     out, unknown = {}, []
     for key, tensor in hf_state.items():
-        if re.search(r"rotary_emb\.inv_freq$", key):
+        if key.endswith("rotary_emb.inv_freq"):
             continue  # derived from the config, not a weight
         if key not in names:
             unknown.append(key)

@@ -55,7 +55,7 @@ for _ode in ("ddpm", "ddim", "dpmpp-2m"):
     )
 
 
-def model_facts(run_config, tokenizer=None) -> dict:
+def model_facts(run_config) -> dict:
     """What a trained model tells every sampler config (the fields marked ``MODEL``): its schedule, time
     conditioning, vocabulary and objective settings (SEDD graph, BD3-LM block size, Eso-LM alpha0 and variant)."""
     cfg = run_config

@@ -32,7 +32,7 @@ from dlm.errors import DlmError
 from dlm.models.transformer import KVCache
 from dlm.noise.block import block_causal_mask
 from dlm.noise.masked import MaskedProcess
-from dlm.samplers.base import MODEL, SampleBatch, SampleOutput, SamplerConfig, SampleState, report
+from dlm.samplers.base import MODEL, ReuseLogits, SampleBatch, SampleOutput, SamplerConfig, SampleState, report
 
 BLOCK_CACHES = ("kv", "none")
 
@@ -114,14 +114,14 @@ def block_generate(model, batch: SampleBatch, config: BlockConfig, generators=No
         start, end = b * k, (b + 1) * k
         S = per_block[b - first]
         times = torch.linspace(1.0, 0.0, S + 1, dtype=torch.float64, device=x.device)
-        log_p, stop = None, False
+        # one model call per change of the block (bd3lm models take no time): MDLM's cache, per block
+        log_probs, stop = ReuseLogits(lambda block: block_log_probs(start, end)), False
         for i in range(S):
             block = x[:, start:end]  # (B, k)
             active = (block == mask_id).any(1)  # rows that draw at this step
             if not active.any():
                 break
-            if log_p is None:
-                log_p, nfe = block_log_probs(start, end), nfe + 1
+            log_p = log_probs(block)
             # step t -> s of the masked process (s = 0 at the block's last step: every mask is drawn)
             new = process.step(
                 block,
@@ -134,14 +134,15 @@ def block_generate(model, batch: SampleBatch, config: BlockConfig, generators=No
                 top_p=config.top_p,
                 rows=active,
             )
-            if not torch.equal(new, block):
-                log_p = None  # the input changed: call the model again at the next step
             x[:, start:end] = new
             step += 1
-            canvas = x[:, :total]
-            if not report(on_step, lambda: SampleState(canvas, canvas != mask_id, step, nfe, masked=canvas == mask_id)):
+            canvas, calls = x[:, :total], nfe + log_probs.nfe
+            if not report(
+                on_step, lambda: SampleState(canvas, canvas != mask_id, step, calls, masked=canvas == mask_id)
+            ):
                 stop = True
                 break
+        nfe += log_probs.nfe
         if stop:
             break
         if use_cache and b < last - 1:  # the finished block, clean, into the cache

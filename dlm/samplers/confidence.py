@@ -87,15 +87,13 @@ def commit_threshold(confidence: torch.Tensor, tau: float) -> torch.Tensor:
     return chosen
 
 
-def check_blocks(gen_length: int, steps: int | None, block_length: int) -> int | None:
-    """Validate the block layout; return the number of steps per block (None when steps is None)."""
-    if gen_length <= 0 or block_length <= 0 or (steps is not None and steps <= 0):
+def check_blocks(gen_length: int, steps: int, block_length: int) -> int:
+    """Validate the block layout; return the number of steps per block."""
+    if gen_length <= 0 or block_length <= 0 or steps <= 0:
         raise DlmError("gen_length, steps and block_length must be positive")
     if gen_length % block_length:
         raise DlmError(f"gen_length {gen_length} must be divisible by block_length {block_length}")
     num_blocks = gen_length // block_length
-    if steps is None:
-        return None
     if steps % num_blocks:
         raise DlmError(
             f"steps {steps} must be divisible by the number of blocks {num_blocks} (gen_length / block_length)"
