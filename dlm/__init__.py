@@ -1,7 +1,8 @@
 """dlm: diffusion language models — train, sample, evaluate, and compare with autoregressive models.
 
 Public API:
-    dlm.load(path) -> (model, tokenizer, config)
+    dlm.load(path, *, dtype=None, device="cpu", objective=None) -> (model, tokenizer, config)   a dlm run,
+                 a Hugging Face folder (llama, qwen2, Dream, llada) or a .gguf file (dlm.loader)
     dlm.masked_nelbo(model, x0, *, mask_id, schedule="loglinear", num_samples=1, generator=None) -> Tensor[B]
     dlm.score_entropy_nelbo(model, x0, *, graph="absorb", mask_id, vocab_size=None, schedule="loglinear",
                             num_samples=1, generator=None) -> Tensor[B]                       (SEDD)
@@ -16,12 +17,12 @@ Public API:
 """
 
 from dlm.engine import Engine, Result
+from dlm.loader import load
 from dlm.objectives.block import block_nelbo
 from dlm.objectives.masked import masked_nelbo
 from dlm.objectives.score_entropy import score_entropy_nelbo
 from dlm.objectives.udlm import udlm_nelbo
 from dlm.samplers.confidence import confidence_generate as generate
-from dlm.train.checkpoint import load
 
 __version__ = "0.1.0"
 

@@ -57,6 +57,10 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192  # llama3: the context the base model was trained for
+    # Dream's shifted prediction: the head's output at position i - 1 scores token i (an AR model adapted to
+    # diffusion keeps its next-token knowledge); the model shifts it back, so callers always get "logits at i
+    # score token i", and a fixed token (BOS) must stand at position 0
+    logits_shift: bool = False
 
 
 @dataclass

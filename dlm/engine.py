@@ -35,7 +35,11 @@ class Result:
 
 def render(tokenizer, ids) -> str:
     """Text of token ids with masks shown as ░ and padding dropped."""
-    return tokenizer.decode(list(ids), skip_special_tokens=False).replace("<|mask|>", "░").replace("<|pad|>", "")
+    ids = [i for i in ids if i != tokenizer.pad_id or tokenizer.pad_id in tokenizer.stop_ids]
+    if tokenizer.mask_id is None:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+    mask = tokenizer.decode([tokenizer.mask_id], skip_special_tokens=False)
+    return tokenizer.decode(ids, skip_special_tokens=False).replace(mask, "░")
 
 
 class Engine:
@@ -46,7 +50,7 @@ class Engine:
 
     @classmethod
     def load(cls, path, **kw) -> "Engine":
-        from dlm.train.checkpoint import load
+        from dlm.loader import load
 
         return cls(*load(path, **kw))
 
@@ -96,7 +100,11 @@ class Engine:
             raise DlmError(f"gen_length and batch_size must be positive, got {gen_length} and {batch_size}")
         name, config = self.sampler_config(sampler, **options)
         entry, tok = SAMPLERS.get(name), self.tokenizer
-        longest, context = max(len(e) for e in prompts), self.config.model.max_seq_len
+        if tok.mask_id is None and name != "ar":
+            raise DlmError(f"the {name} sampler needs a mask token, and this model's tokenizer has none")
+        # a shifted model scores position i at i - 1: a start token stands before every prompt
+        bos = [tok.bos_id] if self.config.model.logits_shift else []
+        longest, context = max(len(e) for e in prompts) + len(bos), self.config.model.max_seq_len
         if longest + gen_length > context:
             raise DlmError(
                 f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
@@ -107,9 +115,14 @@ class Engine:
         for first in range(0, len(prompts), batch_size):
             rows = prompts[first : first + batch_size]
             batch = SampleBatch.from_prompts(
-                rows, gen_length, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id
-            )
-            batch = _to(batch, device)
+                [bos + list(r) for r in rows],
+                gen_length,
+                mask_id=tok.eos_id if tok.mask_id is None else tok.mask_id,  # ar: never read
+                eos_id=tok.eos_id,
+                pad_id=tok.pad_id,
+                stop_ids=tok.stop_ids,
+                bos_id=tok.bos_id,
+            ).to(device)
             generators = [torch.Generator(device=device).manual_seed(seed + first + i) for i in range(len(rows))]
             start = time.perf_counter()
             out = run_sampler(
@@ -117,8 +130,9 @@ class Engine:
             )
             seconds = time.perf_counter() - start
             for j, row in enumerate(out.tokens[:, batch.prompt_len :].tolist()):
-                if stop_at_eos and tok.eos_id in row:
-                    row = row[: row.index(tok.eos_id)]
+                if stop_at_eos:
+                    ends = [k for k, token in enumerate(row) if token in tok.stop_ids]
+                    row = row[: ends[0]] if ends else row
                 steps = None if out.history is None else [render(tok, s.tolist()) for s in out.history[j]]
                 results.append(Result(render(tok, rows[j]), render(tok, row), row, out.nfe, seconds, steps))
         return results
@@ -129,18 +143,3 @@ def _device(model) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return torch.device("cpu")
-
-
-def _to(batch: SampleBatch, device: torch.device) -> SampleBatch:
-    if batch.tokens.device == device:
-        return batch
-    real = None if batch.real is None else batch.real.to(device)
-    return SampleBatch(
-        batch.tokens.to(device),
-        batch.fixed.to(device),
-        real,
-        batch.prompt_len,
-        batch.mask_id,
-        batch.eos_id,
-        batch.pad_id,
-    )

@@ -93,7 +93,7 @@ def test_config_mapping_and_key_errors():
     del state["model.layers.0.self_attn.extra.weight"], state["model.layers.1.mlp.up_proj.weight"]
     with pytest.raises(DlmError, match="lacks 1 tensors"):
         state_dict_from_hf(state, cfg)
-    with pytest.raises(DlmError, match="not a Llama-family layout"):
+    with pytest.raises(DlmError, match="not a layout dlm reads"):
         model_config_from_hf({**config, "model_type": "gpt2"})
 
 

@@ -11,5 +11,22 @@ app = typer.Typer(
     help="Diffusion language models: train, evaluate and sample masked-diffusion and autoregressive LMs.",
 )
 
+MODEL_HELP = "A dlm run directory, a Hugging Face folder (llama, qwen2, Dream, llada) or a .gguf file."
+
+
+def dtype_option():
+    return typer.Option(None, "--dtype", help="Weights' dtype: fp32 or bf16 (default: fp32). --precision is autocast.")
+
+
+def device_option():
+    return typer.Option("cpu", "--device", help="Device to load the model on: cpu, cuda, cuda:1, mps.")
+
+
+def objective_option():
+    return typer.Option(
+        None, "--objective", help="Read the model as this objective (default: the checkpoint's; e.g. mdlm)."
+    )
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: sampling speed against quality.")
 app.add_typer(bench_app, name="bench")

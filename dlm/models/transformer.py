@@ -18,6 +18,11 @@ E -> V), else d_model (no projections). Gaussian diffusion on embeddings (Diffus
 ``call_method(model, "forward_embeds", z, t)`` runs it through DDP / torch.compile wrappers (see there), ``unwrap``
 reaches the model inside them.
 
+A model with ``ModelConfig.logits_shift`` (Dream; an AR model adapted to diffusion) computes the logits of
+position i at position i - 1 and shifts them back inside ``logits``: the contract is unchanged, but a call that
+runs only part of the sequence gets the right logits from its second position on (a cache window starts one
+token early; see ``CanvasCache``).
+
 Caches: a ``KVCache`` (``new_cache``) makes causal and block-causal decoding incremental, writing into buffers
 allocated once; a ``CanvasCache`` lets a bidirectional model re-run only part of a fixed-length canvas (Fast-dLLM's
 prefix and dual caches). Checkpoints keep the key ``embed.weight`` for the embedding table (module ``tok_embed``).
@@ -111,6 +116,7 @@ class CanvasCache:
     queries attend to the whole canvas, the other slots as last stored. ``(start, canvas end)`` is the prefix
     cache (the prefix is reused), a block's ``(start, end)`` the dual cache (prefix and suffix are reused). Reused
     slots are stale once tokens elsewhere change: that is the approximation, refreshed by a whole-canvas call.
+    A shifted model (``logits_shift``) needs the token before a block in its window: ``(start - 1, end)``.
     """
 
     def __init__(self):
@@ -290,8 +296,13 @@ class Transformer(nn.Module):
         return list(self.blocks)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Features [B, L, E] (what ``forward_embeds`` returns) -> logits [B, L, V]: the head."""
-        return self.head(h)
+        """Features [B, L, E] (what ``forward_embeds`` returns) -> logits [B, L, V]: the head. With
+        ``logits_shift`` the head's output at i - 1 becomes the logits of position i (position 0 keeps its own,
+        which score nothing: a fixed token stands there)."""
+        out = self.head(h)
+        if self.config.logits_shift:
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        return out
 
     def forward_embeds(
         self,

@@ -1,7 +1,8 @@
 """Autoregressive next-token cross-entropy (the baseline every diffusion model is compared with).
 
-Every sequence is scored in full: the input is ``<|endoftext|>`` followed by x0[:-1] (EOS doubles as the start
-token, as it separates documents in the stream), so AR and diffusion models both score exactly L tokens.
+Every sequence is scored in full: the input is the start token followed by x0[:-1] (``<|endoftext|>`` for dlm's
+own tokenizers, where it separates documents in the stream; a pretrained model's BOS), so AR and diffusion models
+both score exactly L tokens.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class AR(Objective):
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
 
     def loss(self, model, batch, generator) -> LossOutput:
-        return LossOutput(loss=ar_token_nll(model, batch, eos_id=self.eos_id).mean())
+        return LossOutput(loss=ar_token_nll(model, batch, eos_id=self.bos_id).mean())
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
-        return ar_sequence_nll(model, x0, eos_id=self.eos_id)
+        return ar_sequence_nll(model, x0, eos_id=self.bos_id)

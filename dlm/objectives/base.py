@@ -36,6 +36,7 @@ class Objective:
     is_bound: ClassVar[bool] = True  # does nll return an upper bound rather than the exact NLL?
     samplers: ClassVar[tuple[str, ...]]  # samplers that apply; the first is the default
     default_schedule: ClassVar[str] = "loglinear"  # train.schedule when --schedule is not given
+    shifts: ClassVar[bool] = False  # does it take a model with logits_shift (position 0 then holds BOS)?
 
     @dataclass(frozen=True)
     class Config:
@@ -50,6 +51,8 @@ class Objective:
         vocab_size: int,
         schedule: str | None = None,
         antithetic: bool = True,
+        bos_id: int | None = None,
+        logits_shift: bool = False,
     ):
         config = self.Config() if config is None else config
         if type(config) is not self.Config:
@@ -58,6 +61,10 @@ class Objective:
             )
         self.config = config
         self.mask_id, self.eos_id, self.vocab_size = mask_id, eos_id, vocab_size
+        self.bos_id = eos_id if bos_id is None else bos_id  # the start token (AR's first input, a shifted model's)
+        self.logits_shift = logits_shift  # the model scores position i at i - 1 (ModelConfig.logits_shift)
+        if logits_shift and not self.shifts:
+            raise DlmError(f"the {self.name} objective does not take a shifted model (model.logits_shift); mdlm does")
         self.schedule = self.default_schedule if schedule is None else schedule
         self.antithetic = antithetic
 
@@ -110,8 +117,10 @@ class ObjectiveRegistry(Registry[type]):
 
     def build(self, run_config, tokenizer) -> Objective:
         """The objective named ``run_config.train.objective`` with the options of ``run_config.objective``;
-        special ids from ``tokenizer``, the vocabulary from ``run_config.model``."""
+        special ids from ``tokenizer``, the vocabulary and the logits shift from ``run_config.model``."""
         cls = self.get(run_config.train.objective)
+        if tokenizer.mask_id is None and cls.name != "ar":
+            raise DlmError(f"the {cls.name} objective needs a mask token, and the tokenizer has none")
         return cls(
             run_config.objective_config(),
             mask_id=tokenizer.mask_id,
@@ -119,4 +128,6 @@ class ObjectiveRegistry(Registry[type]):
             vocab_size=run_config.model.vocab_size,
             schedule=run_config.train.schedule,
             antithetic=run_config.train.antithetic,
+            bos_id=getattr(tokenizer, "bos_id", None),
+            logits_shift=run_config.model.logits_shift,
         )

@@ -13,6 +13,7 @@ masked positions enter the sum). With the linear schedule this is LLaDA's loss E
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from dlm.noise import get_schedule, mask_tokens, sample_times
 from dlm.noise.masked import subs_log_probs
@@ -20,16 +21,23 @@ from dlm.noise.schedules import Schedule
 from dlm.objectives.base import LossOutput, Objective, monte_carlo
 
 
-def _masked_draw(model, x0, t, schedule: Schedule, mask_id: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Monte Carlo draw at times t [B]: (per-sequence weighted NLL [B], fraction of masked tokens)."""
+def _masked_draw(
+    model, x0, t, schedule: Schedule, mask_id: int, generator, bos_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Monte Carlo draw at times t [B]: (per-sequence weighted NLL [B], fraction of masked tokens). With
+    ``bos_id`` (a shifted model) the sequence is scored after that start token, which is never masked."""
     # 1. corrupt: mask each token w.p. 1 - alpha(t)
     xt, masked = mask_tokens(x0, t, schedule, mask_id, generator)  # (B, L), (B, L)
+    masked_frac = masked.float().mean()
+    if bos_id is not None:  # the start token is clean and costs nothing: the NELBO of x0 given it
+        start = torch.full_like(x0[:, :1], bos_id)
+        x0, xt, masked = torch.cat([start, x0], 1), torch.cat([start, xt], 1), F.pad(masked, (1, 0))
     # 2. predict x0 from xt (SUBS)
     log_p = subs_log_probs(model(xt, t), mask_id)  # (B, L, V)
     nll = -log_p.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
     # 3. weight the masked positions' cross-entropy by w(t)
     nll = torch.where(masked, nll, torch.zeros_like(nll))  # unmasked positions are carried over: no cost
-    return schedule.weight(t) * nll.sum(-1), masked.float().mean()
+    return schedule.weight(t) * nll.sum(-1), masked_frac
 
 
 def masked_nelbo(
@@ -42,8 +50,10 @@ def masked_nelbo(
     generator: torch.Generator | None = None,
     antithetic: bool = True,
     t_min: float = 1e-3,
+    bos_id: int | None = None,
 ) -> torch.Tensor:
     """Per-sequence masked-diffusion NELBO in nats, [B]: the mean of ``num_samples`` Monte Carlo draws of t.
+    ``bos_id``: a model with ``logits_shift`` scores x0 after this start token (never masked, no cost).
 
     ``model(xt: LongTensor[B, L], t: FloatTensor[B]) -> logits [B, L, V]`` can be any callable. Times are drawn
     antithetically over all B * num_samples draws (stratified per sequence), in [t_min, 1] as in MDLM: the omitted
@@ -51,7 +61,7 @@ def masked_nelbo(
     """
     schedule = get_schedule(schedule)
     return monte_carlo(
-        lambda t: _masked_draw(model, x0, t, schedule, mask_id, generator)[0],
+        lambda t: _masked_draw(model, x0, t, schedule, mask_id, generator, bos_id)[0],
         lambda n: sample_times(n, generator=generator, antithetic=antithetic, t_min=t_min, device=x0.device),
         num_samples=num_samples,
         batch_size=x0.shape[0],
@@ -64,6 +74,7 @@ class MDLM(Objective):
 
     name = "mdlm"
     samplers = ("confidence", "ancestral")
+    shifts = True
 
     @classmethod
     def configure(cls, run_config) -> None:
@@ -73,10 +84,17 @@ class MDLM(Objective):
         """The NELBO of one draw per sequence, in nats per token."""
         schedule = get_schedule(self.schedule)
         t = sample_times(batch.shape[0], generator=generator, antithetic=self.antithetic, device=batch.device)
-        nelbo, masked_frac = _masked_draw(model, batch, t, schedule, self.mask_id, generator)
+        bos = self.bos_id if self.logits_shift else None
+        nelbo, masked_frac = _masked_draw(model, batch, t, schedule, self.mask_id, generator, bos)
         return LossOutput(loss=nelbo.mean() / batch.shape[1], metrics={"masked_frac": masked_frac.detach()})
 
     def nll(self, model, x0, num_samples, generator) -> torch.Tensor:
         return masked_nelbo(
-            model, x0, mask_id=self.mask_id, schedule=self.schedule, num_samples=num_samples, generator=generator
+            model,
+            x0,
+            mask_id=self.mask_id,
+            schedule=self.schedule,
+            num_samples=num_samples,
+            generator=generator,
+            bos_id=self.bos_id if self.logits_shift else None,
         )

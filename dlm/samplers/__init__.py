@@ -57,7 +57,8 @@ for _ode in ("ddpm", "ddim", "dpmpp-2m"):
 
 def model_facts(run_config) -> dict:
     """What a trained model tells every sampler config (the fields marked ``MODEL``): its schedule, time
-    conditioning, vocabulary and objective settings (SEDD graph, BD3-LM block size, Eso-LM alpha0 and variant)."""
+    conditioning, vocabulary, logits shift and objective settings (SEDD graph, BD3-LM block size, Eso-LM alpha0
+    and variant)."""
     cfg = run_config
     options = cfg.objective_config()  # the objective's Config: graph, block_size, alpha0, variant, ...
     option = lambda name, default: getattr(options, name, default)  # noqa: E731
@@ -66,6 +67,7 @@ def model_facts(run_config) -> dict:
         schedule=cfg.train.schedule,
         time_conditioned=cfg.model.time_conditioning,
         vocab_size=cfg.model.vocab_size,
+        logits_shift=cfg.model.logits_shift,
         graph=option("graph", "absorb"),
         block_size=option("block_size", None),
         alpha0=option("alpha0", None),

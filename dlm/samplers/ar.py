@@ -34,12 +34,12 @@ class ArConfig(SamplerConfig):
 def ar_generate(model, batch: SampleBatch, config: ArConfig, generators=None, on_step=None) -> SampleOutput:
     """``model(x, attn_mask=, positions=, kv_cache=) -> logits`` (causal) -> the canvas with the generated region
     filled left to right. Without a cache any causal ``model(x) -> logits`` works."""
-    if batch.eos_id is None:
-        raise DlmError("the ar sampler needs the <|endoftext|> id (its start token): SampleBatch.eos_id")
+    if batch.start_id is None:
+        raise DlmError("the ar sampler needs a start token: SampleBatch.bos_id or eos_id")
     use_cache = config.cache == "kv"
     B, prompt_len, G = batch.size, batch.prompt_len, batch.gen_length
     x = batch.tokens.clone()
-    start = torch.full((B, 1), batch.eos_id, dtype=x.dtype, device=x.device)
+    start = torch.full((B, 1), batch.start_id, dtype=x.dtype, device=x.device)
     seq = torch.cat([start, x], dim=1)  # (B, 1 + L): the model's input is seq[:, :n]
     real = None if batch.real is None else torch.cat([batch.real.new_ones(B, 1), batch.real], dim=1)
     keys, positions = (None, None) if real is None else (real, (real.long().cumsum(1) - 1).clamp_min(0))

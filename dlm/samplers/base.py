@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -39,7 +39,9 @@ MODEL = {"model": True}  # dataclass field metadata: a fact about the model, fil
 class SampleBatch:
     """The canvas of a batch: tokens [B, L] (prompt columns 0..prompt_len-1, left-padded, then the generated
     region), ``fixed`` [B, L] (positions a sampler never changes: the prompt and the padding), ``real`` [B, L]
-    (False at padding; None when nothing is padded) and the special ids."""
+    (False at padding; None when nothing is padded) and the special ids: ``stop_ids`` every id that ends a
+    sample (default: ``eos_id`` alone; a chat model's end-of-turn ids too), ``bos_id`` the AR start token
+    (default: ``eos_id``)."""
 
     tokens: torch.Tensor
     fixed: torch.Tensor
@@ -48,6 +50,18 @@ class SampleBatch:
     mask_id: int
     eos_id: int | None = None
     pad_id: int | None = None
+    stop_ids: tuple[int, ...] = ()
+    bos_id: int | None = None
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        """The ids that end a sample (``stop_ids``, else ``eos_id``)."""
+        return self.stop_ids or (() if self.eos_id is None else (self.eos_id,))
+
+    @property
+    def start_id(self) -> int | None:
+        """The AR start token: ``bos_id``, else ``eos_id``."""
+        return self.eos_id if self.bos_id is None else self.bos_id
 
     @classmethod
     def from_prompts(
@@ -58,6 +72,8 @@ class SampleBatch:
         mask_id: int,
         eos_id: int | None = None,
         pad_id: int | None = None,
+        stop_ids: Sequence[int] = (),
+        bos_id: int | None = None,
     ) -> "SampleBatch":
         """Token lists -> a batch: prompts left-padded with ``pad_id``, then ``gen_length`` masks."""
         if gen_length <= 0:
@@ -75,7 +91,8 @@ class SampleBatch:
                 tokens[j, width - len(p) : width] = torch.tensor(list(p), dtype=torch.long)
         fixed = torch.zeros_like(real)
         fixed[:, :width] = True
-        return cls(tokens, fixed, None if bool(real.all()) else real, width, mask_id, eos_id, pad_id)
+        real = None if bool(real.all()) else real
+        return cls(tokens, fixed, real, width, mask_id, eos_id, pad_id, tuple(stop_ids), bos_id)
 
     @classmethod
     def from_tensor(
@@ -87,6 +104,8 @@ class SampleBatch:
         prompt_mask=None,
         eos_id: int | None = None,
         pad_id: int | None = None,
+        stop_ids: Sequence[int] = (),
+        bos_id: int | None = None,
     ) -> "SampleBatch":
         """A prompt tensor [B, Lp] (``prompt_mask`` [B, Lp]: its real tokens, left-padded) -> a batch."""
         B, Lp = prompt.shape
@@ -96,7 +115,7 @@ class SampleBatch:
         real = None
         if prompt_mask is not None and not bool(prompt_mask.all()):
             real = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(B, gen_length, dtype=torch.bool)], 1)
-        return cls(tokens, fixed, real, Lp, mask_id, eos_id, pad_id)
+        return cls(tokens, fixed, real, Lp, mask_id, eos_id, pad_id, tuple(stop_ids), bos_id)
 
     @property
     def size(self) -> int:
@@ -135,9 +154,15 @@ class SampleBatch:
         keep = slice(None) if self.real is None else self.real[j]
         tokens = self.tokens[j : j + 1, keep]
         pads = 0 if self.real is None else int((~self.real[j]).sum())
-        return SampleBatch(
-            tokens, self.fixed[j : j + 1, keep], None, self.prompt_len - pads, self.mask_id, self.eos_id, self.pad_id
-        )
+        fixed = self.fixed[j : j + 1, keep]
+        return replace(self, tokens=tokens, fixed=fixed, real=None, prompt_len=self.prompt_len - pads)
+
+    def to(self, device) -> "SampleBatch":
+        """The batch on ``device``."""
+        if self.tokens.device == torch.device(device):
+            return self
+        real = None if self.real is None else self.real.to(device)
+        return replace(self, tokens=self.tokens.to(device), fixed=self.fixed.to(device), real=real)
 
 
 @dataclass
@@ -255,24 +280,32 @@ class Sampler:
 # ----------------------------------------------------------------------------------------------- wrapper
 
 
-def ended_rows(tokens: torch.Tensor, committed: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
-    """Rows [B] holding a committed ``eos_id`` at or after column ``start`` with every column before it
-    committed: nothing before their end can change any more."""
-    is_eos = (tokens[:, start:] == eos_id) & committed[:, start:]
+def _is_stop(tokens: torch.Tensor, stop) -> torch.Tensor:
+    """Where ``tokens`` holds ``stop`` (an id, or a sequence of ids)."""
+    if isinstance(stop, int):
+        return tokens == stop
+    return torch.isin(tokens, torch.tensor(list(stop), dtype=tokens.dtype, device=tokens.device))
+
+
+def ended_rows(tokens: torch.Tensor, committed: torch.Tensor, start: int, eos_id) -> torch.Tensor:
+    """Rows [B] holding a committed ``eos_id`` (an id or a sequence of stop ids) at or after column ``start`` with
+    every column before it committed: nothing before their end can change any more."""
+    is_eos = _is_stop(tokens[:, start:], eos_id) & committed[:, start:]
     first = is_eos.long().argmax(1)  # (B,) first EOS column (0 where there is none)
     cols = torch.arange(is_eos.shape[1], device=tokens.device)
     still_open = (~committed[:, start:] & (cols[None, :] < first[:, None])).any(1)
     return is_eos.any(1) & ~still_open
 
 
-def end_at_eos(x: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
-    """Rows of ``x`` holding ``eos_id`` at or after column ``start``: everything after their first one becomes
-    ``eos_id`` (in place). Returns which rows ended."""
-    is_eos = x[:, start:] == eos_id
+def end_at_eos(x: torch.Tensor, start: int, eos_id) -> torch.Tensor:
+    """Rows of ``x`` holding ``eos_id`` (an id or a sequence of stop ids) at or after column ``start``: everything
+    after their first one becomes that id (in place). Returns which rows ended."""
+    is_eos = _is_stop(x[:, start:], eos_id)
     ended = is_eos.any(1)
     first = is_eos.long().argmax(1)
     after = torch.arange(x.shape[1] - start, device=x.device)[None, :] > first[:, None]
-    x[:, start:] = torch.where(after & ended[:, None], eos_id, x[:, start:])
+    stop = x[:, start:].gather(1, first[:, None])  # (B, 1) the id that ended each row
+    x[:, start:] = torch.where(after & ended[:, None], stop, x[:, start:])
     return ended
 
 
@@ -303,14 +336,14 @@ def run_sampler(
             for j in range(batch.size):
                 states[j].append(state.tokens[j].clone())
         keep_going = on_step is None or on_step(state) is not False
-        if stop_at_eos and bool(ended_rows(state.tokens, state.committed, batch.prompt_len, batch.eos_id).all()):
+        if stop_at_eos and bool(ended_rows(state.tokens, state.committed, batch.prompt_len, batch.stops).all()):
             return False
         return keep_going
 
     listening = on_step is not None or stop_at_eos or history
     out = sampler.generate(model, batch, config, generators, listen if listening else None)
     if stop_at_eos:
-        end_at_eos(out.tokens, batch.prompt_len, batch.eos_id)
+        end_at_eos(out.tokens, batch.prompt_len, batch.stops)
     out.history = states
     return out
 

@@ -134,6 +134,7 @@ class ConfidenceConfig(SamplerConfig):
     refresh_every: int | None = None  # with a cache: also refresh it every n steps inside a block
     schedule: str = field(default="loglinear", metadata=MODEL)
     time_conditioned: bool = field(default=False, metadata=MODEL)
+    logits_shift: bool = field(default=False, metadata=MODEL)  # a cache window then starts one token early
 
     def __post_init__(self):
         super().__post_init__()
@@ -169,7 +170,7 @@ def confidence_sample(
     def block_logits(start: int, end: int, refresh: bool) -> torch.Tensor:
         """float64 logits [B, K, V] of the block from one model call."""
         rows = torch.cat([x, torch.where(hidden, mask_id, x)]) if c.cfg_scale > 0.0 else x
-        lo, hi = (0, total) if refresh else (start, total if c.cache == "prefix" else end)
+        lo, hi = (0, total) if refresh else (start - c.logits_shift, total if c.cache == "prefix" else end)
         kw = {}
         if canvas is not None:
             canvas.window = None if refresh else (lo, hi)

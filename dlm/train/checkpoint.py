@@ -169,7 +169,9 @@ def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device =
     ckpt = find_checkpoint(path)
     config = load_config(ckpt).validate()
     tokenizer = load_tokenizer(ckpt / "tokenizer.json")
-    if tokenizer.vocab_size != config.model.vocab_size:
+    if tokenizer.vocab_size > config.model.vocab_size or (
+        not tokenizer.is_foreign and tokenizer.vocab_size != config.model.vocab_size
+    ):
         raise DlmError(
             f"tokenizer.json has {tokenizer.vocab_size} tokens but the model has {config.model.vocab_size}; "
             "use the tokenizer saved with this checkpoint"

@@ -129,7 +129,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     cfg.model.vocab_size = tokenizer.vocab_size
     objective = OBJECTIVES.build(cfg, tokenizer)  # its options from cfg.objective, the special ids from tokenizer
     cfg.model.causal = objective.causal
-    cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
+    cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len + cfg.model.logits_shift)  # + BOS
     loader = SequenceLoader(train_set, seed=tc.seed)
 
     # model, optimiser, optional EMA and compile / DDP wrappers

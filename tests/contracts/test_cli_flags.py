@@ -17,6 +17,9 @@ NOT_SAMPLER_OPTIONS = {
     "batch_size",
     "seed",
     "show_steps",
+    "dtype",
+    "device",
+    "objective",
 }
 
 
