@@ -18,6 +18,11 @@ from dlm.objectives.base import Objective
 from dlm.train.distributed import DistInfo, all_reduce_sum
 
 
+def batch_seed(seed: int, k: int) -> int:
+    """The seed of the Monte Carlo generator of batch ``k`` (also the lm-eval adapter's, so the two agree)."""
+    return seed * 1_000_003 + k
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -45,7 +50,7 @@ def evaluate(
     total = torch.zeros((), dtype=torch.float64, device=device)
     for k in range(info.rank, len(batches), info.world_size):
         x0 = dataset.batch(batches[k]).to(device)
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
+        generator = torch.Generator(device=device).manual_seed(batch_seed(seed, k))
         with autocast():
             nll = objective.nll(model, x0, num_samples, generator)  # (B,) nats per sequence
         total += nll.double().sum()

@@ -27,7 +27,7 @@ from dlm.objectives.esolm import (
     random_ranks,
 )
 from dlm.objectives.gaussian import WEIGHTINGS, gaussian_loss, x0_loss_factor
-from dlm.objectives.masked import MDLM, masked_nelbo
+from dlm.objectives.masked import MDLM, conditional_masked_nelbo, masked_nelbo
 from dlm.objectives.score_entropy import GRAPHS, SEDD, score_entropy_loss, score_entropy_nelbo
 from dlm.objectives.udlm import UDLM, MeanRatios, udlm_nelbo
 
@@ -51,6 +51,7 @@ __all__ = [
     "ar_sequence_nll",
     "ar_token_nll",
     "masked_nelbo",
+    "conditional_masked_nelbo",
     "subs_log_probs",
     "TARGETS",
     "WEIGHTINGS",
