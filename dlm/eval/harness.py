@@ -87,7 +87,8 @@ class HarnessLM(LM):
         self.sampler, self.sampler_options = self.engine.sampler_config(sampler, **sampler_options)[0], sampler_options
         self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
         self.gen_length, self.max_gen_toks = gen_length, max_gen_toks
-        self.max_len = config.model.max_seq_len
+        self.shift = bool(config.model.logits_shift)  # a shifted model reads a start token before the text
+        self.max_len = config.model.max_seq_len - self.shift
         self._device = _device(self.model)
 
     @classmethod
@@ -124,6 +125,9 @@ class HarnessLM(LM):
             )
         ids = (ctx + cont)[-self.max_len :]  # the context is cut from the left
         x0 = torch.tensor(ids, device=self._device)  # (L,)
+        if self.shift:  # the start token a shifted model scores position 0 after: context, never masked
+            ids = [self.tokenizer.bos_id] + ids
+            x0 = torch.tensor(ids, device=self._device)
         target = torch.arange(len(ids), device=self._device) >= len(ids) - len(cont)  # (L,) the continuation
         if isinstance(self.objective, AR):
             return self._ar_score(x0, target)
@@ -145,8 +149,9 @@ class HarnessLM(LM):
         return -float(nelbo), greedy
 
     def _ar_score(self, x0: torch.Tensor, target: torch.Tensor) -> tuple[float, bool]:
-        """Exact: the log-probs of the target tokens after ``<|endoftext|>`` (the start token) and x0[:-1]."""
-        inputs = torch.cat([x0.new_tensor([self.tokenizer.eos_id]), x0[:-1]])[None]  # (1, L)
+        """Exact: the log-probs of the target tokens after the start token (``<|endoftext|>`` for dlm's own
+        tokenizers, a pretrained model's BOS) and x0[:-1]."""
+        inputs = torch.cat([x0.new_tensor([self.objective.bos_id]), x0[:-1]])[None]  # (1, L)
         log_p = F.log_softmax(self.model(inputs).float(), dim=-1)[0, target]  # (T, V)
         tokens = x0[target]  # (T,)
         logprob = log_p.gather(-1, tokens[:, None]).sum()
