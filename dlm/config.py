@@ -88,6 +88,8 @@ class TrainConfig:
     eval_sequences: int = 64  # validation sequences per periodic evaluation
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
     time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time (DDP: at a log step); 0 = no limit
+    init: str | None = None  # start from this model (dlm.load's paths): adaptation, see dlm.train.adapt
+    anneal_steps: int = 0  # anneal the attention from causal to full over the first K steps (DiffuLLaMA); 0 = off
 
 
 FORMAT_VERSION = 2  # of config.json; 1 (no format_version): the objective's options were fields of train
@@ -191,6 +193,10 @@ class RunConfig:
         if self.train.objective == "ar" and m.time_conditioning:
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
         self.objective_config()  # the objective's options, validated by its Config
+        if self.train.anneal_steps < 0:
+            raise DlmError(f"train.anneal_steps must be >= 0 (0 = off), got {self.train.anneal_steps}")
+        if self.train.anneal_steps and self.train.objective == "ar":
+            raise DlmError("train.anneal_steps anneals causal attention to full: it applies to diffusion objectives")
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self

@@ -34,9 +34,9 @@ TEXT = "It is a truth universally acknowledged, that a single man in possession 
 def random_hf(kind="llama", seed=0, **extra):
     torch.manual_seed(seed)
     if kind == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**BASE, **extra))
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**BASE, **extra}))
     else:
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**BASE, **extra))
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**BASE, **extra}))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.3 if p.dim() == 1 else 0.1)

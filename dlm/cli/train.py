@@ -10,6 +10,8 @@ import typer
 from dlm.cli.app import app
 from dlm.errors import DlmError
 
+INIT_LR = 1e-4  # adaptation's default peak learning rate (a pretrained model needs a gentler one than a new one)
+
 
 @app.command()
 def train(
@@ -60,8 +62,23 @@ def train(
         "objective's options: --set objective.block_size=8 (--graph, --block-size, --alpha0, --variant: shorthands).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    init: Optional[str] = typer.Option(
+        None,
+        "--init",
+        help="Start from this model (a run, a HF folder or a .gguf) and keep its shape and tokenizer: adaptation. "
+        "From an AR model to a diffusion objective: bidirectional attention and Dream's shifted prediction "
+        "(--set model.logits_shift=false: unshifted). The preset then sets only the training hyper-parameters; "
+        f"the learning rate defaults to {INIT_LR:g}.",
+    ),
+    anneal_steps: int = typer.Option(
+        0, "--anneal-steps", help="Anneal the attention from causal to full over the first K steps (DiffuLLaMA)."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="Device (default: cuda when there is one, or cpu)."),
 ) -> None:
-    """Train a model. Example: dlm train --preset tiny --objective mdlm --max-steps 40 --out runs/tiny"""
+    """Train a model. Example: dlm train --preset tiny --objective mdlm --max-steps 40 --out runs/tiny
+
+    Adapt a pretrained AR model into a diffusion LM: dlm train --init models/SmolLM2-135M-Instruct --objective mdlm
+    --anneal-steps 200 --max-steps 400 --out runs/smol-mdlm"""
     from dlm.config import apply_overrides
     from dlm.objectives import OBJECTIVES
     from dlm.presets import preset_config
@@ -73,6 +90,14 @@ def train(
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
     cfg.data.name, cfg.data.tokenizer = data, tokenizer
+    cfg.train.anneal_steps = anneal_steps
+    if init is not None:
+        from dlm.train.adapt import init_config
+
+        if tokenizer is not None:
+            raise DlmError("--init keeps the source model's tokenizer; drop --tokenizer")
+        init_config(cfg, init)
+        cfg.train.lr = INIT_LR
     if batch_size is not None:
         cfg.train.batch_size = batch_size
     if lr is not None:
@@ -81,7 +106,7 @@ def train(
     apply_overrides(cfg, set_ or [])
     if max_steps <= 0:
         raise DlmError("--max-steps must be positive")
-    run_training(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
+    run_training(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet, device=device)
 
 
 def _set_objective_options(cfg, **shorthands) -> None:

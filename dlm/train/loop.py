@@ -34,6 +34,7 @@ from dlm.eval.likelihood import evaluate
 from dlm.models.transformer import Transformer
 from dlm.objectives import OBJECTIVES
 from dlm.train import checkpoint as ckpt
+from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.optim import build_optimizer, lr_at
 
@@ -125,15 +126,19 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
 
     # data: tokenizer (trained on the training split, or the checkpoint's), packed train / validation sequences
     tokenizer = load_tokenizer(saved / "tokenizer.json") if saved else None
+    initial = None
+    if tc.init and not saved:  # adaptation: the source's weights and tokenizer (a mask token added if needed)
+        initial, tokenizer = init_model(cfg, info.device)
     tokenizer, train_set, val_set = load_packed(cfg.data, tokenizer)
-    cfg.model.vocab_size = tokenizer.vocab_size
+    if not tc.init:
+        cfg.model.vocab_size = tokenizer.vocab_size
     objective = OBJECTIVES.build(cfg, tokenizer)  # its options from cfg.objective, the special ids from tokenizer
     cfg.model.causal = objective.causal
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len + cfg.model.logits_shift)  # + BOS
     loader = SequenceLoader(train_set, seed=tc.seed)
 
     # model, optimiser, optional EMA and compile / DDP wrappers
-    model = Transformer(cfg.model).to(info.device)
+    model = Transformer(cfg.model).to(info.device) if initial is None else initial
     optimizer = build_optimizer(model, tc)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     step, tokens_seen, elapsed = 0, 0, 0.0
@@ -161,7 +166,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     if info.is_main:
         n_params = model.num_parameters()
         tqdm.write(
-            f"dlm train: {cfg.preset} {tc.objective}, {n_params / 1e6:.2f}M parameters, {precision}, "
+            f"dlm train: {'from ' + tc.init if tc.init else cfg.preset} {tc.objective}, {n_params / 1e6:.2f}M "
+            f"parameters, {precision}, "
             f"{info.world_size} process(es) on {info.device.type}, {len(train_set)} training sequences of "
             f"{cfg.data.seq_len} tokens" + (f", resuming at step {step}" if saved else "")
         )
@@ -216,7 +222,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         desc="train",
         unit="step",
     )
-    generator = torch.Generator(device=info.device)
+    generator, anneal_generator = torch.Generator(device=info.device), torch.Generator(device=info.device)
     tokens_per_step = tc.batch_size * tc.grad_accum * info.world_size * cfg.data.seq_len
     # the losses stay on the device until a log step: no host sync per step
     window_loss, window_steps, window_start = torch.zeros((), device=info.device), 0, time.perf_counter()
@@ -224,7 +230,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     model.train()
     while step < end:
         t0 = time.perf_counter()
-        lr = lr_at(step, tc)
+        lr, ratio = lr_at(step, tc), anneal_ratio(step, tc.anneal_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=info.device)
@@ -233,10 +239,14 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
             # 2-4. noise process, model, objective (inside the objective)
             generator.manual_seed(step_seed(tc.seed, step, micro, info.rank))
+            call = forward
+            if ratio < 1.0:  # attention annealing: causal plus a growing share of later keys
+                anneal_generator.manual_seed(step_seed(tc.seed + 1, step, micro, info.rank))
+                call = AnnealedAttention(forward, ratio, anneal_generator)
             sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
             with sync:
                 with autocast():
-                    out = objective.loss(forward, x0, generator)
+                    out = objective.loss(call, x0, generator)
                 (out.loss / tc.grad_accum).backward()
             step_loss += out.loss.detach() / tc.grad_accum
         # 5. optimiser step
@@ -266,6 +276,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             }
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
+            if tc.anneal_steps:
+                record["attention_anneal"] = ratio
             record.update({name: float(value) for name, value in out.metrics.items()})
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
