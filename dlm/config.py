@@ -87,7 +87,8 @@ class TrainConfig:
     eval_every: int = 0  # validation every N steps (0 = only at the end)
     eval_sequences: int = 64  # validation sequences per periodic evaluation
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
-    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this wall time (DDP: at a log step); 0 = no limit
+    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this much training time in this invocation (DDP:
+    #                                  at a log step); 0 = no limit; --resume continues
     init: str | None = None  # start from this model (dlm.load's paths): adaptation, see dlm.train.adapt
     anneal_steps: int = 0  # anneal the attention from causal to full over the first K steps (DiffuLLaMA); 0 = off
 

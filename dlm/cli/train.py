@@ -52,7 +52,9 @@ def train(
         None, help="Schedule: linear, loglinear (default), cosine; diffusion-lm: vp-sqrt (default), vp-cosine, ..."
     ),
     tokenizer: Optional[str] = typer.Option(None, help="A tokenizer.json to use instead of training a BPE."),
-    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (and checkpoint) after this many minutes."),
+    time_limit: float = typer.Option(
+        0.0, "--time-limit", help="Stop (and checkpoint) after this many minutes of training; --resume continues."
+    ),
     eval_every: int = typer.Option(0, help="Validate every N steps (0: only at the end)."),
     save_every: int = typer.Option(0, help="Checkpoint every N steps (0: only at the end)."),
     set_: Optional[List[str]] = typer.Option(

@@ -214,6 +214,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         return val
 
     end = min(tc.max_steps, stop_at) if stop_at is not None else tc.max_steps
+    elapsed_at_start = elapsed  # --time-limit counts this invocation's training time (resumable chunks)
     bar = tqdm(
         total=tc.max_steps,
         initial=step,
@@ -285,7 +286,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         bar.update(1)
         out_of_time = False
         if tc.time_limit_minutes > 0 and (logged or not info.enabled):
-            out_of_time = elapsed > 60 * tc.time_limit_minutes
+            out_of_time = elapsed - elapsed_at_start > 60 * tc.time_limit_minutes  # this invocation's time
             if info.enabled:  # every rank must stop at the same step: they agree at log steps, not every step
                 flag = torch.tensor(float(out_of_time), device=info.device)
                 out_of_time = bool(all_reduce_max(flag, info).item())
