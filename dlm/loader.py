@@ -18,6 +18,7 @@ mdlm for Dream and LLaDA; a folder written by ``dlm export`` says its own in ``c
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -309,7 +310,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, objective: str | None):
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=dtype, **kw)
         hf_tok = AutoTokenizer.from_pretrained(str(path.parent), **kw)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, struct.error) as e:  # struct.error: a truncated header
         raise DlmError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     hf = hf_model.config.to_dict()
     config = _run_config(hf, objective)
