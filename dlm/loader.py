@@ -316,6 +316,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, objective: str | None):
     config = _run_config(hf, objective)
     backend = hf_tok.backend_tokenizer
     special = {"chat_template": hf_tok.chat_template} if isinstance(hf_tok.chat_template, str) else {}
+    special["pad_token"] = hf_tok.pad_token  # the file's padding id (None: EOS pads)
     tokenizer = _foreign(
         backend, special, hf, eos_id=hf_tok.eos_token_id, bos_id=hf_tok.bos_token_id, stops=_ids(hf.get("eos_token_id"))
     )

@@ -121,7 +121,7 @@ def test_a_gguf_loads_with_the_source_logits_and_tokenizer(tmp_path, source):
     assert tokenizer.encode(text) == source.encode(text).ids
     assert tokenizer.decode(tokenizer.encode(text)) == source.decode(source.encode(text).ids)
     assert tokenizer.is_foreign and tokenizer.vocab_size == VOCAB  # the [PADi] rows included
-    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id) == (1, 2, None)
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.mask_id) == (1, 2, 0, None)
     assert set(tokenizer.stop_ids) == {2, 0}  # the file's eos, and <|endoftext|> by name
     assert tokenizer.chat_template == TEMPLATE
 
