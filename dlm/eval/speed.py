@@ -138,6 +138,7 @@ class BenchResult:
     distinct2: float
     batch1_equals_batch: bool
     examples: list[str] = field(default_factory=list)
+    gen_ppl_judges: dict[str, float] = field(default_factory=dict)  # under the second judges (--judge), by name
 
 
 def bench_setting(
@@ -152,6 +153,7 @@ def bench_setting(
     batch_size: int,
     batch1_samples: int,
     seed: int,
+    judges: tuple = (),
 ) -> BenchResult:
     """Time ``setting`` at batch 1 (first ``batch1_samples`` prompts) and at ``batch_size`` (all prompts), and score
     the samples of the batched run."""
@@ -177,6 +179,7 @@ def bench_setting(
         distinct2=distinct_n(words, 2),
         batch1_equals_batch=single["samples"] == batched["samples"][:batch1_samples],
         examples=[contexts[i] + " ||| " + texts[i] for i in range(min(2, len(texts)))],
+        gen_ppl_judges={judge.name: generative_perplexity(judge, texts, contexts) for judge in judges},
     )
 
 
@@ -226,12 +229,14 @@ def summarise(results: list[BenchResult], ppl_tolerance: float = 0.10, entropy_t
 
 def markdown_table(results: list[BenchResult], summary: dict, batch_size: int) -> str:
     speed = {row["name"]: row for row in summary["settings"]}
+    judges = list(results[0].gen_ppl_judges) if results else []
     lines = [
         f"| setting | NFE/token (b=1 / b={batch_size}) | tokens/s (b=1) | latency s (b=1) | "
         f"tokens/s (b={batch_size}) | "
-        f"latency s (b={batch_size}) | x AR (b=1) | x AR (b={batch_size}) | gen-PPL | entropy | distinct-2 | "
-        "AR quality? |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        f"latency s (b={batch_size}) | x AR (b=1) | x AR (b={batch_size}) | gen-PPL | "
+        + "".join(f"gen-PPL ({j}) | " for j in judges)
+        + "entropy | distinct-2 | AR quality? |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(judges) + "---:|---:|:---:|",
     ]
     for r in results:
         s = speed.get(r.name)
@@ -241,7 +246,9 @@ def markdown_table(results: list[BenchResult], summary: dict, batch_size: int) -
             f"| {r.model}: {r.name} | {r.batch1['nfe_per_token']:.3f} / {r.batch['nfe_per_token']:.3f} | "
             f"{r.batch1['tokens_per_s']:.1f} | "
             f"{r.batch1['latency_s']:.2f} | {r.batch['tokens_per_s']:.1f} | {r.batch['latency_s']:.2f} | {vs_ar} | "
-            f"{r.gen_ppl:.1f} | {r.entropy:.2f} | {r.distinct2:.3f} | {verdict} |"
+            f"{r.gen_ppl:.1f} | "
+            + "".join(f"{r.gen_ppl_judges[j]:.1f} | " for j in judges)
+            + f"{r.entropy:.2f} | {r.distinct2:.3f} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -295,10 +302,12 @@ def sample_benchmark(
     log=print,
     dtype: str | None = None,
     device: str = "cpu",
+    judges: tuple = (),
 ) -> dict:
     """Run the grid of ``dlm bench sample`` (``only``: a regular expression; just the settings whose "objective: name"
     it matches, e.g. ``^ar:|ancestral``); returns the JSON report (results, summary, protocol). ``dtype`` and
-    ``device``: where both models are loaded (``dlm.load``)."""
+    ``device``: where both models are loaded (``dlm.load``). ``judges``: more reference models (the same specs as
+    ``reference``) whose generative perplexity is reported beside the reference's."""
     import dlm
     from dlm.data.packing import load_packed
     from dlm.errors import DlmError
@@ -325,6 +334,7 @@ def sample_benchmark(
     prompt_texts = [tokenizer.decode(row[:prompt_tokens].tolist()) for row in val.batch(range(num_samples))]
     log(f"reference model: {reference}")
     ref = load_reference(reference)
+    others = tuple(load_reference(j) for j in judges)
 
     def wanted(objective: str, setting: Setting) -> bool:
         return only is None or re.search(only, f"{objective}: {setting.name}") is not None
@@ -358,6 +368,7 @@ def sample_benchmark(
                 batch_size=batch_size,
                 batch1_samples=batch1_samples,
                 seed=seed,
+                judges=others,
             )
             log(
                 f"{r.model}: {r.name}: {r.batch1['tokens_per_s']:.1f} tok/s at batch 1, {r.batch['tokens_per_s']:.1f} "
@@ -371,6 +382,7 @@ def sample_benchmark(
             "run": str(run_dir),
             "ar_run": None if ar_run_dir is None else str(ar_run_dir),
             "reference": ref.name,
+            "judges": [j.name for j in others],
             "gen_length": gen_length,
             "num_samples": num_samples,
             "batch_size": batch_size,
