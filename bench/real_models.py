@@ -65,18 +65,20 @@ def infill(adapted, source, val, span, left, right, windows, seed):
     results = []
     for k in range(windows):
         row = val.batch([k * 7 + 1])[0].tolist()  # spread over the book
-        left, right = min(left, (len(row) - span) // 2), min(right, len(row) - min(left, (len(row) - span) // 2) - span)
-        before, truth, after = row[:left], row[left : left + span], row[left + span : left + span + right]
+        n_left = min(left, (len(row) - span) // 2)  # short sequences: the span in the middle
+        n_right = min(right, len(row) - n_left - span)
+        before, truth = row[:n_left], row[n_left : n_left + span]
+        after = row[n_left + span : n_left + span + n_right]
         tokens = torch.tensor([[tok.bos_id, *before, *[tok.mask_id] * span, *after]])
         fixed = tokens != tok.mask_id
         batch = SampleBatch(
-            tokens, fixed, None, 1 + left, tok.mask_id, tok.eos_id, tok.pad_id, tok.stop_ids, tok.bos_id
+            tokens, fixed, None, 1 + n_left, tok.mask_id, tok.eos_id, tok.pad_id, tok.stop_ids, tok.bos_id
         )
         g = [torch.Generator().manual_seed(seed + k)]
         start = time.perf_counter()
         out = run_sampler(entry, model, batch, config, g)
         diffusion_seconds = time.perf_counter() - start
-        filled = out.tokens[0, 1 + left : 1 + left + span].tolist()
+        filled = out.tokens[0, 1 + n_left : 1 + n_left + span].tolist()
         (cont,) = ar.generate_ids([before], "ar", seed + k, gen_length=span, stop_at_eos=False, temperature=0.0)
         results.append(
             {
