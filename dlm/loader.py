@@ -33,7 +33,7 @@ from dlm.models.transformer import Transformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMOLLM2_CACHE = "SmolLM2-135M-Instruct-Q4_1-fp32"  # the folder under the dlm cache's models/
-HF_EXTRA = "install the hf extra: pip install 'dlm[hf]' (transformers and gguf)"
+HF_EXTRA = "install the hf extra: pip install 'dlm[hf]' (transformers, gguf and accelerate)"
 # ids a chat or instruction model ends a turn with, stopped at when the vocabulary has them
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>")
 MASK_TOKENS = ("<|mask|>", "<|mdm_mask|>")  # Dream's, LLaDA's
