@@ -7,7 +7,8 @@
 ``generate(prompts, sampler=None, seed=0, on_step=None, **options)``: ``options`` are the sampler's own (its
 config dataclass, e.g. ``ConfidenceConfig``: steps, block_length, temperature, threshold, cache, ...; one that does
 not apply to the sampler is an error) and the Engine's: ``gen_length`` (tokens to generate), ``stop_at_eos`` (end a
-sample at its first ``<|endoftext|>``), ``batch_size`` (samples run together, left-padded), ``history`` (keep every
+sample at its first stop token: EOS, or any end-of-turn id of the tokenizer), ``batch_size`` (samples run
+together, left-padded), ``history`` (keep every
 intermediate canvas). Prompt i draws from its own generator seeded ``seed + i``, so a prompt's sample does not
 depend on the batch it runs in.
 """
@@ -26,7 +27,7 @@ from dlm.samplers import SAMPLERS, SampleBatch, model_facts, run_sampler
 @dataclass
 class Result:
     prompt: str
-    text: str  # the continuation (up to its first <|endoftext|> with stop_at_eos)
+    text: str  # the continuation (up to its first stop token with stop_at_eos)
     tokens: list[int]  # its token ids
     nfe: int  # model calls of the batch it was generated in
     seconds: float  # wall time of that batch
@@ -35,7 +36,8 @@ class Result:
 
 def render(tokenizer, ids) -> str:
     """Text of token ids with masks shown as ░ and padding dropped."""
-    ids = [i for i in ids if i != tokenizer.pad_id or tokenizer.pad_id in tokenizer.stop_ids]
+    if tokenizer.pad_id not in tokenizer.stop_ids:  # a pad that is also a stop token (EOS) stays visible
+        ids = [i for i in ids if i != tokenizer.pad_id]
     if tokenizer.mask_id is None:
         return tokenizer.decode(ids, skip_special_tokens=False)
     mask = tokenizer.decode([tokenizer.mask_id], skip_special_tokens=False)
@@ -110,7 +112,7 @@ class Engine:
                 f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
                 f"{context} tokens; shorten the prompt or lower --gen-length"
             )
-        device = _device(self.model)
+        device = model_device(self.model)
         results: list[Result] = []
         for first in range(0, len(prompts), batch_size):
             rows = prompts[first : first + batch_size]
@@ -138,7 +140,7 @@ class Engine:
         return results
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from dlm.engine import Engine
+from dlm.engine import Engine, model_device
 from dlm.errors import DlmError
 from dlm.eval.likelihood import batch_seed
 from dlm.noise.masked import subs_log_probs
@@ -89,7 +89,7 @@ class HarnessLM(LM):
         self.gen_length, self.max_gen_toks = gen_length, max_gen_toks
         self.shift = bool(config.model.logits_shift)  # a shifted model reads a start token before the text
         self.max_len = config.model.max_seq_len - self.shift
-        self._device = _device(self.model)
+        self._device = model_device(self.model)
 
     @classmethod
     def from_loaded(cls, model, tokenizer, run_config, **options) -> "HarnessLM":
@@ -217,13 +217,6 @@ class HarnessLM(LM):
         for request, text in zip(requests, texts):
             self.cache_hook.add_partial("generate_until", request.args, text)
         return texts
-
-
-def _device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
 
 
 def cut(text: str, until: list[str]) -> str:
