@@ -40,19 +40,26 @@ from dlm.samplers.ode import ODE_SAMPLERS, guided, time_grid
 from dlm.samplers.score_entropy import SeddConfig, UdlmConfig, sedd_analytic, sedd_euler, udlm_generate
 
 SAMPLERS: Registry[Sampler] = Registry("sampler")
+# infills=True: keeps any fixed positions and reads both sides of a hole (ar sees the left only; esolm's order and
+# caches, and the embedding samplers' prompt, assume a prefix; block sees the right side within the hole's block)
 SAMPLERS.register("ar", Sampler("ar", ar_generate, ArConfig))
-SAMPLERS.register("ancestral", Sampler("ancestral", ancestral_generate, AncestralConfig))
-SAMPLERS.register("confidence", Sampler("confidence", confidence_sample, ConfidenceConfig))
-SAMPLERS.register("block", Sampler("block", block_generate, BlockConfig, pads=False))
+SAMPLERS.register("ancestral", Sampler("ancestral", ancestral_generate, AncestralConfig, infills=True))
+SAMPLERS.register("confidence", Sampler("confidence", confidence_sample, ConfidenceConfig, infills=True))
+SAMPLERS.register("block", Sampler("block", block_generate, BlockConfig, pads=False, infills=True))
 SAMPLERS.register("esolm", Sampler("esolm", esolm_generate, EsolmConfig, pads=False))
-SAMPLERS.register("sedd-analytic", Sampler("sedd-analytic", sedd_analytic, SeddConfig))
-SAMPLERS.register("sedd-euler", Sampler("sedd-euler", sedd_euler, SeddConfig))
-SAMPLERS.register("udlm", Sampler("udlm", udlm_generate, UdlmConfig))
+SAMPLERS.register("sedd-analytic", Sampler("sedd-analytic", sedd_analytic, SeddConfig, infills=True))
+SAMPLERS.register("sedd-euler", Sampler("sedd-euler", sedd_euler, SeddConfig, infills=True))
+SAMPLERS.register("udlm", Sampler("udlm", udlm_generate, UdlmConfig, infills=True))
 for _ode in ("ddpm", "ddim", "dpmpp-2m"):
     SAMPLERS.register(
         f"embed-{_ode}",
         Sampler(f"embed-{_ode}", embedding_sampler(_ode), EmbeddingConfig, pads=False, per_row_generators=False),
     )
+
+
+def infill_samplers() -> list[str]:
+    """The samplers that can infill (registered with ``infills=True``)."""
+    return [name for name in SAMPLERS if SAMPLERS.get(name).infills]
 
 
 def model_facts(run_config) -> dict:
@@ -95,6 +102,7 @@ __all__ = [
     "ReuseLogits",
     "run_sampler",
     "model_facts",
+    "infill_samplers",
     "sampler_options",
     "user_fields",
     "model_fields",

@@ -4,7 +4,8 @@ Grid 1 = t_0 > t_1 > ... > t_T = 0, T = ``steps``. Step t -> s is ``MaskedProces
 is revealed w.p. (alpha(s) - alpha(t)) / (1 - alpha(t)) and takes a token drawn from p_theta(x0 | xt) (SUBS: never
 the mask); clean tokens never change. If no token changed and the model is not time-conditioned, the previous
 distribution is reused without calling the model (MDLM's cache). The last step fills what is left with the argmax.
-Masks in the prompt are infilled like the generated region.
+Masks in the prompt are infilled like the generated region, and only masks change: infilling (holes between fixed
+text, ``SampleBatch.from_canvases``) is the same reverse process restricted to the holes, with both sides visible.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dlm.samplers.base import MODEL, ReuseLogits, SampleBatch, SampleOutput, Sam
 
 @dataclass(frozen=True)
 class AncestralConfig(SamplerConfig):
-    steps: int | None = None  # denoising steps (default: one per generated token)
+    steps: int | None = None  # denoising steps (default: one per generated token, or per hole token)
     temperature: float = 1.0  # 1 draws from the model as it is
     top_k: int = 0
     top_p: float = 1.0
@@ -33,7 +34,7 @@ def ancestral_generate(
 ) -> SampleOutput:
     """``model(x [B, L], t [B], attn_mask=, positions=) -> logits [B, L, V]`` -> the denoised canvas."""
     process = MaskedProcess(config.schedule, batch.mask_id)
-    steps = config.steps or batch.gen_length
+    steps = config.steps or batch.open_length
     x = batch.tokens.clone()
     B = x.shape[0]
     keys, positions = batch.attention()

@@ -5,7 +5,10 @@ Every registered sampler is a function
     generate(model, batch: SampleBatch, config, generators, on_step=None) -> SampleOutput(tokens, nfe)
 
 with its own frozen config dataclass (a ``SamplerConfig``). ``batch`` holds the canvas: the left-padded prompts
-followed by ``gen_length`` masks, which positions are fixed and which are padding. ``generators`` is one
+followed by ``gen_length`` masks, which positions are fixed and which are padding. For infilling
+(``SampleBatch.from_canvases``) the fixed positions are any mask [B, L]: text on both sides of holes; the
+samplers registered with ``infills=True`` change only the positions that are not fixed and condition on the others
+(the rest generate after a prompt only, and ``run_sampler`` refuses them such a batch). ``generators`` is one
 ``torch.Generator`` per row (or one for the batch, or None). ``on_step(state)`` is called after every denoising
 step with a ``SampleState`` (the canvas, which positions are committed, masked, provisional) and may return False
 to stop the generation there. A step makes at most one model call (CFG runs its two rows in that call); a step
@@ -38,7 +41,8 @@ MODEL = {"model": True}  # dataclass field metadata: a fact about the model, fil
 @dataclass(frozen=True)
 class SampleBatch:
     """The canvas of a batch: tokens [B, L] (prompt columns 0..prompt_len-1, left-padded, then the generated
-    region), ``fixed`` [B, L] (positions a sampler never changes: the prompt and the padding), ``real`` [B, L]
+    region), ``fixed`` [B, L] (positions a sampler never changes: the prompt and the padding; for infilling also
+    the text between and after holes, so that the generated region starts at the first hole), ``real`` [B, L]
     (False at padding; None when nothing is padded) and the special ids: ``stop_ids`` every id that ends a
     sample (default: ``eos_id`` alone; a chat model's end-of-turn ids too), ``bos_id`` the AR start token
     (default: ``eos_id``)."""
@@ -95,6 +99,41 @@ class SampleBatch:
         return cls(tokens, fixed, real, width, mask_id, eos_id, pad_id, tuple(stop_ids), bos_id)
 
     @classmethod
+    def from_canvases(
+        cls,
+        canvases: Sequence[Sequence[int]],
+        fixed: Sequence[Sequence[bool]],
+        *,
+        mask_id: int,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+        stop_ids: Sequence[int] = (),
+        bos_id: int | None = None,
+    ) -> "SampleBatch":
+        """Canvases of any lengths with their fixed positions (True: kept as it is; False: a hole, set to
+        ``mask_id``) -> a batch, left-padded with ``pad_id``; ``prompt_len`` is the first column where some row has
+        a hole. Every row needs at least one hole."""
+        if len(canvases) == 0 or len(canvases) != len(fixed):
+            raise DlmError("there must be at least one canvas, and one fixed mask per canvas")
+        if any(len(c) != len(f) for c, f in zip(canvases, fixed)):
+            raise DlmError("each canvas needs a fixed mask of its own length")
+        if not all(not all(f) for f in fixed):
+            raise DlmError("every canvas needs at least one position that is not fixed (a hole)")
+        width = max(len(c) for c in canvases)
+        B = len(canvases)
+        tokens = torch.full((B, width), mask_id if pad_id is None else pad_id, dtype=torch.long)
+        keep = torch.ones((B, width), dtype=torch.bool)  # padding is fixed
+        real = torch.zeros((B, width), dtype=torch.bool)
+        for j, (c, f) in enumerate(zip(canvases, fixed)):
+            pad = width - len(c)
+            keep[j, pad:] = torch.tensor(list(f), dtype=torch.bool)
+            tokens[j, pad:] = torch.where(keep[j, pad:], torch.tensor(list(c), dtype=torch.long), mask_id)
+            real[j, pad:] = True
+        prompt_len = int((~keep).any(0).long().argmax())  # the first column with a hole
+        real = None if bool(real.all()) else real
+        return cls(tokens, keep, real, prompt_len, mask_id, eos_id, pad_id, tuple(stop_ids), bos_id)
+
+    @classmethod
     def from_tensor(
         cls,
         prompt: torch.Tensor,
@@ -126,6 +165,17 @@ class SampleBatch:
         return self.tokens.shape[1] - self.prompt_len
 
     @property
+    def open_length(self) -> int:
+        """The most positions a row may change: ``gen_length`` after a prompt, the holes' tokens when infilling
+        (what "one step per generated token" counts)."""
+        return int((~self.fixed).sum(1).max())
+
+    @property
+    def infilling(self) -> bool:
+        """Does the generated region hold fixed positions (text after a hole)?"""
+        return bool(self.fixed[:, self.prompt_len :].any())
+
+    @property
     def prompt(self) -> torch.Tensor:
         return self.tokens[:, : self.prompt_len]
 
@@ -155,7 +205,8 @@ class SampleBatch:
         tokens = self.tokens[j : j + 1, keep]
         pads = 0 if self.real is None else int((~self.real[j]).sum())
         fixed = self.fixed[j : j + 1, keep]
-        return replace(self, tokens=tokens, fixed=fixed, real=None, prompt_len=self.prompt_len - pads)
+        # an infilling row may be padded past the first hole of another row: its generated region starts at 0
+        return replace(self, tokens=tokens, fixed=fixed, real=None, prompt_len=max(0, self.prompt_len - pads))
 
     def to(self, device) -> "SampleBatch":
         """The batch on ``device``."""
@@ -264,6 +315,7 @@ class Sampler:
     config: type
     pads: bool = True  # runs left-padded rows in one batch
     per_row_generators: bool = True  # can take one generator per row
+    infills: bool = False  # keeps any fixed positions and conditions on both sides of a hole (SampleBatch.fixed)
 
     def make_config(self, options: dict, facts: dict | None = None):
         """The frozen config from user ``options`` and the model's ``facts`` (its run config's settings); an
@@ -326,6 +378,11 @@ def run_sampler(
     as ``<|endoftext|>``) and the history of canvases (``SampleOutput.history[row][step]``)."""
     if stop_at_eos and batch.eos_id is None:
         raise DlmError("stop_at_eos needs the tokenizer's <|endoftext|> id (SampleBatch.eos_id)")
+    if not sampler.infills and batch.infilling:
+        raise DlmError(
+            f"the {sampler.name} sampler cannot infill: it generates after a prompt only, and this batch has fixed "
+            "positions after its first hole; use a sampler registered with infills=True"
+        )
     shared = generators is None or isinstance(generators, torch.Generator)
     if (batch.padded and not sampler.pads) or (not shared and not sampler.per_row_generators):
         return _row_by_row(sampler, model, batch, config, generators, on_step, stop_at_eos, history)

@@ -7,6 +7,11 @@ Lp + gen_length - 1 is covered; the tokens past it are dropped (so those kept ar
 ``steps`` (default: one per generated token) are shared out over those blocks as evenly as possible, the first
 blocks taking the remainder, each at least one.
 
+Infilling (``SampleBatch.from_canvases``): generation starts with the block of the first hole and ends with the
+block of the last; only masks change, and blocks of fixed text alone take no steps (they go into the cache as
+clean blocks). A hole sees the clean blocks before it and the fixed text of its own block on both sides, not the
+blocks after it: BD3-LM's attention conditions on the right only within the current block.
+
 Inside a block, MDLM's reverse process on the grid 1 = t_0 > t_1 > ... > t_S = 0: step t -> s keeps a masked
 position masked w.p. (1 - alpha(s)) / (1 - alpha(t)), else draws it from p_theta(x0^l | xt^b, x0^{<b}) (SUBS: never
 the mask); the last step (alpha(0) = 1) draws every position still masked, where ``ancestral_generate`` takes the
@@ -86,16 +91,18 @@ def block_generate(model, batch: SampleBatch, config: BlockConfig, generators=No
     k = config.block_length or config.block_size
     process = MaskedProcess(config.schedule, batch.mask_id)
     use_cache = config.cache == "kv"
-    mask_id, prompt_len, gen_length = batch.mask_id, batch.prompt_len, batch.gen_length
+    mask_id, prompt_len = batch.mask_id, batch.prompt_len
     B, total = batch.tokens.shape
     first = prompt_len // k  # the first block to generate
-    num_blocks = num_blocks_to_generate(prompt_len, gen_length, k)
-    last = first + num_blocks  # one past the last
-    steps = config.steps or gen_length
-    if steps < num_blocks:
-        raise DlmError(f"steps {steps} must be at least the number of blocks to generate ({num_blocks})")
-    per_block = [steps // num_blocks + (b < steps % num_blocks) for b in range(num_blocks)]
-    x = torch.cat([batch.tokens, batch.tokens.new_full((B, last * k - total), mask_id)], 1)  # (B, last * k)
+    last_open = total - 1 - int((~batch.fixed).any(0).flip(0).long().argmax())  # the last column that may change
+    last = last_open // k + 1  # one past the last block to generate (after a prompt: the last generated token's)
+    # the blocks with something to generate share the steps (infilling: a block of fixed text only gets none)
+    todo = [b for b in range(first, last) if bool((~batch.fixed[:, b * k : (b + 1) * k]).any())]
+    steps = config.steps or batch.open_length
+    if steps < len(todo):
+        raise DlmError(f"steps {steps} must be at least the number of blocks to generate ({len(todo)})")
+    per_block = {b: steps // len(todo) + (i < steps % len(todo)) for i, b in enumerate(todo)}
+    x = torch.cat([batch.tokens, batch.tokens.new_full((B, max(0, last * k - total)), mask_id)], 1)
     cache = model.new_cache(B, last * k) if use_cache else None  # the finished blocks and the one being denoised
     nfe, step = 0, 0
     if use_cache and first > 0:  # the prompt's whole blocks, clean, into the cache in one call
@@ -112,7 +119,7 @@ def block_generate(model, batch: SampleBatch, config: BlockConfig, generators=No
 
     for b in range(first, last):
         start, end = b * k, (b + 1) * k
-        S = per_block[b - first]
+        S = per_block.get(b, 0)
         times = torch.linspace(1.0, 0.0, S + 1, dtype=torch.float64, device=x.device)
         # one model call per change of the block (bd3lm models take no time): MDLM's cache, per block
         log_probs, stop = ReuseLogits(lambda block: block_log_probs(start, end)), False

@@ -8,6 +8,10 @@
    remasking policy; commit the most confident masked positions of the block.
 4. Committed tokens never change; blocks run left to right.
 
+Infilling (``SampleBatch.from_canvases``): the generated region runs from the first hole to the end, fixed text
+inside it is never a candidate (only masks are), every hole sees both sides; a block with no mask costs nothing.
+A time-conditioned model is given the fraction of the holes still masked.
+
 Caches (Fast-dLLM): at the first step of each block the whole canvas runs and its keys and values are stored;
 the block's other steps re-run only the block and everything after it (``prefix``) or only the block (``dual``),
 reusing the stored keys and values elsewhere. ``none`` runs the whole canvas at every step.
@@ -161,6 +165,7 @@ def confidence_sample(
     B, total = x.shape
     keys, positions = batch.attention()
     hidden = batch.fixed if keys is None else batch.fixed & keys  # what CFG's unconditional rows do not see
+    movable = ~batch.fixed  # (B, L) what the sampler may change: the generated region, or the holes
     if c.cfg_scale > 0.0 and keys is not None:
         keys, positions = keys.repeat(2, 1), positions.repeat(2, 1)
     canvas = CanvasCache() if c.cache != "none" else None
@@ -180,7 +185,8 @@ def confidence_sample(
         if schedule is None:
             args = (rows[:, lo:hi],)
         else:
-            still_masked = (rows[:, prompt_len:] == mask_id).double().mean(1)  # 1 - alpha(t)
+            still_masked = ((x == mask_id) & movable).sum(1).double() / movable.sum(1).double()  # (B,) 1 - alpha(t)
+            still_masked = still_masked.repeat(rows.shape[0] // B)  # CFG's rows: the conditional rows' time
             args = (rows[:, lo:hi], schedule.time_of(1.0 - still_masked).float())
         logits = model(*args, **kw)[:, start - lo : end - lo].double()
         if c.cfg_scale > 0.0:  # LLaDA's guidance: cond + s (cond - uncond)

@@ -12,7 +12,10 @@ Euler or the analytic Tweedie step; the last step is the denoising step), in flo
 - ``udlm`` (``--objective udlm``): the x0-predicting model read through UDLM's mean parameterisation
   (``dlm.noise.uniform.mean_log_ratios``) on the uniform graph; its analytic step is UDLM's ancestral step.
 
-If nothing changed and the model is not time-conditioned, the previous logits are reused.
+If nothing changed and the model is not time-conditioned, the previous logits are reused. Infilling: only the
+positions that are not fixed (``SampleBatch.fixed``) start as noise and change; the fixed text on both sides is
+read clean at every step (as a prompt is: the model saw it noised in training, so on the uniform graph this is
+the usual clamping approximation).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def _ratio_loop(
     on_step,
 ) -> SampleOutput:
     schedule = get_schedule(schedule)
-    steps = steps or batch.gen_length
+    steps = steps or batch.open_length
     mask_id, prompt_len = batch.mask_id, batch.prompt_len
     x = batch.tokens.clone()
     B = x.shape[0]
@@ -82,7 +85,8 @@ def _ratio_loop(
     movable = ~batch.fixed
     if graph == "uniform":
         u = uniform((B, batch.gen_length), generator=generators, device=x.device)
-        x[:, prompt_len:] = (u * vocab_size).long().clamp_max(vocab_size - 1)
+        noise = (u * vocab_size).long().clamp_max(vocab_size - 1)  # (B, G)
+        x[:, prompt_len:] = torch.where(movable[:, prompt_len:], noise, x[:, prompt_len:])
     keys, positions = batch.attention()
     kw = {} if keys is None else {"attn_mask": keys[:, None, :], "positions": positions}
     call = ReuseLogits(lambda x, t: model(x, t.float().expand(B), **kw), reusable=not time_conditioned)
