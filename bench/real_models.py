@@ -8,8 +8,9 @@ docs/bench/real_models.json and the ``real_models`` section of docs/REAL_MODELS.
 Likelihood: the first ``--sequences`` validation sequences (256 tokens of *Persuasion*, the held-out novel, in
 SmolLM2's tokenizer), the adapted model's NELBO bound (``--draws`` Monte Carlo draws each) beside the source AR
 model's exact NLL, both as bits per byte of the same text. Infilling: a span of ``--span`` tokens is masked in a
-validation window; the diffusion model sees both sides and fills it with the confidence sampler (one token per
-step, greedy), the AR model sees only the left context and continues greedily for as many tokens.
+validation window; the diffusion model sees both sides and fills it with the confidence sampler through
+``Engine.infill_ids`` (one token per step, greedy), the AR model sees only the left context and continues
+greedily for as many tokens.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, machine_line, write_results  # noqa: E402
 
@@ -29,7 +28,6 @@ from dlm.data.packing import load_packed  # noqa: E402
 from dlm.engine import Engine, render  # noqa: E402
 from dlm.eval.likelihood import evaluate  # noqa: E402
 from dlm.objectives import OBJECTIVES  # noqa: E402
-from dlm.samplers import SAMPLERS, SampleBatch, model_facts, run_sampler  # noqa: E402
 
 PROMPTS = [
     "It is a truth universally acknowledged, that",
@@ -58,10 +56,8 @@ def samples(engine, sampler, options, gen_length, seed):
 
 def infill(adapted, source, val, span, left, right, windows, seed):
     """Mask ``span`` tokens after ``left`` of context in ``windows`` validation windows; both models fill them."""
-    model, tok, cfg = adapted
-    entry = SAMPLERS.get("confidence")
-    config = entry.make_config(dict(steps=span, temperature=0.0), model_facts(cfg))
-    ar = Engine(*source)
+    diffusion, ar = Engine(*adapted), Engine(*source)
+    tok = diffusion.tokenizer
     results = []
     for k in range(windows):
         row = val.batch([k * 7 + 1])[0].tolist()  # spread over the book
@@ -69,16 +65,8 @@ def infill(adapted, source, val, span, left, right, windows, seed):
         n_right = min(right, len(row) - n_left - span)
         before, truth = row[:n_left], row[n_left : n_left + span]
         after = row[n_left + span : n_left + span + n_right]
-        tokens = torch.tensor([[tok.bos_id, *before, *[tok.mask_id] * span, *after]])
-        fixed = tokens != tok.mask_id
-        batch = SampleBatch(
-            tokens, fixed, None, 1 + n_left, tok.mask_id, tok.eos_id, tok.pad_id, tok.stop_ids, tok.bos_id
-        )
-        g = [torch.Generator().manual_seed(seed + k)]
-        start = time.perf_counter()
-        out = run_sampler(entry, model, batch, config, g)
-        diffusion_seconds = time.perf_counter() - start
-        filled = out.tokens[0, 1 + n_left : 1 + n_left + span].tolist()
+        r = diffusion.infill_ids([before, after], [span], "confidence", seed + k, steps=span, temperature=0.0)
+        filled = r.tokens[n_left : n_left + span]
         (cont,) = ar.generate_ids([before], "ar", seed + k, gen_length=span, stop_at_eos=False, temperature=0.0)
         results.append(
             {
@@ -89,7 +77,7 @@ def infill(adapted, source, val, span, left, right, windows, seed):
                 "ar": render(tok, cont.tokens),
                 "diffusion_token_accuracy": sum(a == b for a, b in zip(filled, truth)) / span,
                 "ar_token_accuracy": sum(a == b for a, b in zip(cont.tokens, truth)) / span,
-                "diffusion_seconds": round(diffusion_seconds, 2),
+                "diffusion_seconds": round(r.seconds, 2),
             }
         )
     return results

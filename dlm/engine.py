@@ -11,6 +11,10 @@ sample at its first stop token: EOS, or any end-of-turn id of the tokenizer), ``
 together, left-padded), ``history`` (keep every
 intermediate canvas). Prompt i draws from its own generator seeded ``seed + i``, so a prompt's sample does not
 depend on the batch it runs in.
+
+``infill(text, sampler=None, seed=0, on_step=None, *, lengths=None, **options) -> InfillResult``: the holes of
+``text`` (``[MASK]`` one token, ``[MASK*N]`` N tokens) filled with everything else fixed, by a sampler that reads
+both sides (``dlm.infill``).
 """
 
 from __future__ import annotations
@@ -138,6 +142,50 @@ class Engine:
                 steps = None if out.history is None else [render(tok, s.tolist()) for s in out.history[j]]
                 results.append(Result(render(tok, rows[j]), render(tok, row), row, out.nfe, seconds, steps))
         return results
+
+    # --- infilling (dlm.infill) ---------------------------------------------------------------------------------
+
+    def infill_sampler_config(self, sampler: str | None = None, **options):
+        """(name, frozen config) of an infilling sampler: ``sampler``, or the model's first that can infill; a
+        model or sampler that cannot infill is a one-line error naming the samplers that can."""
+        from dlm.objectives import OBJECTIVES
+        from dlm.samplers import infill_samplers
+
+        able = infill_samplers()
+        own = [name for name in self.samplers if name in able]
+        if sampler is None and not own:
+            trained = [o for o in OBJECTIVES.names() if set(OBJECTIVES.get(o).samplers) & set(able)]
+            raise DlmError(
+                f"a model trained with --objective {self.config.train.objective} cannot infill: its samplers "
+                f"({', '.join(self.samplers)}) do not read both sides of a hole; the samplers that can infill are "
+                f"{', '.join(able)} (models trained with --objective {', '.join(trained)})"
+            )
+        if sampler is not None and sampler not in able:
+            SAMPLERS.get(sampler)  # an unknown name lists the registered ones
+            use = f"use one of: {', '.join(own)}" if own else f"the samplers that can infill are {', '.join(able)}"
+            raise DlmError(f"the {sampler} sampler cannot infill (it does not read both sides of a hole); {use}")
+        name, config = self.sampler_config(sampler or own[0], **options)
+        if self.tokenizer.mask_id is None:
+            raise DlmError(f"the {name} sampler needs a mask token, and this model's tokenizer has none")
+        return name, config
+
+    def infill(self, text: str, sampler: str | None = None, seed: int = 0, on_step=None, **options):
+        """The holes of ``text`` filled, everything else fixed: an ``InfillResult`` (see ``dlm.infill``).
+        Options: ``lengths`` (candidate lengths of every hole, chosen by NELBO), ``nelbo_samples``,
+        ``batch_size``, ``history``, and the sampler's own."""
+        from dlm.infill import encode_pieces, parse_holes
+
+        template = parse_holes(text)
+        pieces = encode_pieces(self.tokenizer, template.pieces)
+        return self.infill_ids(pieces, template.lengths, sampler, seed, on_step, **options)
+
+    def infill_ids(
+        self, pieces: list[list[int]], hole_lengths: list[int], sampler=None, seed: int = 0, on_step=None, **options
+    ):
+        """``infill`` for token pieces around holes of ``hole_lengths`` tokens (len(pieces) = holes + 1)."""
+        from dlm.infill import infill_ids
+
+        return infill_ids(self, pieces, hole_lengths, sampler, seed, on_step, **options)
 
 
 def model_device(model) -> torch.device:
