@@ -14,7 +14,8 @@ depend on the batch it runs in.
 
 ``infill(text, sampler=None, seed=0, on_step=None, *, lengths=None, **options) -> InfillResult``: the holes of
 ``text`` (``[MASK]`` one token, ``[MASK*N]`` N tokens) filled with everything else fixed, by a sampler that reads
-both sides (``dlm.infill``).
+both sides (``dlm.infill``). ``edit(text, *, spans=None, rounds=1, below=None, remask_k=None, **options) ->
+EditResult``: Instant Edit, the named spans or the least likely tokens re-masked and regenerated (``dlm.edit``).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class Engine:
                 results.append(Result(render(tok, rows[j]), render(tok, row), row, out.nfe, seconds, steps))
         return results
 
-    # --- infilling (dlm.infill) ---------------------------------------------------------------------------------
+    # --- infilling and editing (dlm.infill, dlm.edit) -----------------------------------------------------------
 
     def infill_sampler_config(self, sampler: str | None = None, **options):
         """(name, frozen config) of an infilling sampler: ``sampler``, or the model's first that can infill; a
@@ -186,6 +187,13 @@ class Engine:
         from dlm.infill import infill_ids
 
         return infill_ids(self, pieces, hole_lengths, sampler, seed, on_step, **options)
+
+    def edit(self, text: str, sampler: str | None = None, seed: int = 0, **options):
+        """Instant Edit of ``text``: an ``EditResult`` (see ``dlm.edit``). Options: ``spans`` ((start, end)
+        character offsets), ``rounds``, ``below`` or ``remask_k``, ``batch_size``, and the sampler's own."""
+        from dlm.edit import edit
+
+        return edit(self, text, sampler, seed, **options)
 
 
 def model_device(model) -> torch.device:
