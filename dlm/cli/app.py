@@ -31,5 +31,53 @@ def objective_option():
     )
 
 
+# --- sampler options shared by the verbs that run a sampler (dlm sample, infill, edit); each defaults to None, "not
+# given", so that only what the user sets reaches the sampler's config (an option it does not take is an error)
+
+
+def steps_option():
+    return typer.Option(
+        None,
+        help="Denoising steps of the whole generation (default: one per token); with --threshold, the cap. "
+        "Diffusion samplers only.",
+    )
+
+
+def block_length_option():
+    return typer.Option(
+        None,
+        "--block-length",
+        help="confidence: semi-autoregressive block (default: the whole generation); "
+        "block: the block size (default: the model's).",
+    )
+
+
+def temperature_option():
+    return typer.Option(
+        None, help="Default 0 for confidence (LLaDA's greedy candidates), 1 for ar, ancestral, block, esolm."
+    )
+
+
+def top_p_option():
+    return typer.Option(None, "--top-p", help="Nucleus sampling threshold in (0, 1] (default 1).")
+
+
+def top_k_option():
+    return typer.Option(None, "--top-k", help="Keep only the k most likely tokens (default 0: all).")
+
+
+def remasking_option():
+    return typer.Option(None, help="confidence: commit order, low_confidence (default), random, margin or entropy.")
+
+
+def threshold_option():
+    return typer.Option(None, help="confidence: commit every position with confidence >= T each step (Fast-dLLM).")
+
+
+def given(**options) -> dict:
+    """The options the user set (not None)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: sampling speed against quality.")
 app.add_typer(bench_app, name="bench")

@@ -7,7 +7,21 @@ from typing import List, Optional
 
 import typer
 
-from dlm.cli.app import MODEL_HELP, app, device_option, dtype_option, objective_option
+from dlm.cli.app import (
+    MODEL_HELP,
+    app,
+    block_length_option,
+    device_option,
+    dtype_option,
+    given,
+    objective_option,
+    remasking_option,
+    steps_option,
+    temperature_option,
+    threshold_option,
+    top_k_option,
+    top_p_option,
+)
 from dlm.errors import DlmError
 
 
@@ -26,28 +40,13 @@ def sample(
         help="ar, ancestral, confidence; sedd-analytic, sedd-euler (sedd); udlm (udlm); embed-ddpm, "
         "embed-ddim, embed-dpmpp-2m (diffusion-lm); block (bd3lm); esolm (esolm). Default: the model's own.",
     ),
-    steps: Optional[int] = typer.Option(
-        None,
-        help="Denoising steps of the whole generation (default: one per token); with --threshold, the cap. "
-        "Diffusion samplers only.",
-    ),
-    block_length: Optional[int] = typer.Option(
-        None,
-        "--block-length",
-        help="confidence: semi-autoregressive block (default: the whole generation); "
-        "block: the block size (default: the model's).",
-    ),
-    temperature: Optional[float] = typer.Option(
-        None, help="Default 0 for confidence (LLaDA's greedy candidates), 1 for ar, ancestral, block, esolm."
-    ),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold in (0, 1] (default 1)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep only the k most likely tokens (default 0: all)."),
-    remasking: Optional[str] = typer.Option(
-        None, help="confidence: commit order, low_confidence (default), random, margin or entropy."
-    ),
-    threshold: Optional[float] = typer.Option(
-        None, help="confidence: commit every position with confidence >= T each step (Fast-dLLM)."
-    ),
+    steps: Optional[int] = steps_option(),
+    block_length: Optional[int] = block_length_option(),
+    temperature: Optional[float] = temperature_option(),
+    top_p: Optional[float] = top_p_option(),
+    top_k: Optional[int] = top_k_option(),
+    remasking: Optional[str] = remasking_option(),
+    threshold: Optional[float] = threshold_option(),
     cache: Optional[str] = typer.Option(
         None,
         help="confidence: none (default), prefix or dual (Fast-dLLM's approximate caches, refreshed at every "
@@ -81,7 +80,7 @@ def sample(
         prompt = read_prompt_file(prompt_file)
     if num_samples <= 0 or batch_size <= 0 or not prompt:
         raise DlmError("--num-samples and --batch-size must be positive, and there must be a prompt")
-    options = dict(
+    options = given(
         steps=steps,
         block_length=block_length,
         temperature=temperature,
@@ -92,8 +91,7 @@ def sample(
         cache=cache,
         refresh_every=refresh_every,
         cfg_scale=cfg_scale,
-    )
-    options = {k: v for k, v in options.items() if v is not None}  # only what was given reaches the sampler
+    )  # only what was given reaches the sampler
     engine = Engine.load(run_dir, dtype=dtype, device=device, objective=objective)
     prompts = [p for p in prompt for _ in range(num_samples)]
     results = engine.generate(
