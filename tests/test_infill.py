@@ -304,7 +304,7 @@ def test_cli_infill_and_edit_end_to_end(runs):
     text = "It is a truth universally acknowledged"
     out = runner.invoke(app, ["edit", str(runs["mdlm"]), "--text", text, "--span", "8:13", "--seed", "1"])
     assert out.exit_code == 0, out.output
-    assert out.output.splitlines()[1].startswith("diff: ") and " tokens in 1 rounds: ' truth' (p=" in out.output
+    assert out.output.splitlines()[1].startswith("diff: ") and " in 1 round: ' truth' (p=" in out.output
     out = runner.invoke(app, ["edit", str(runs["mdlm"]), "--text", text, "--span", "8-13"])
     assert isinstance(out.exception, DlmError) and "--span '8-13' must be START:END" in str(out.exception)
 

@@ -80,8 +80,9 @@ def edit(
     for i in result.positions:
         score = "" if result.scores is None else f" (p={result.scores[i]:.3g})"
         shown.append(repr(engine.tokenizer.decode([tokens[i]], skip_special_tokens=False)) + score)
+    n, r = len(result.positions), len(result.rounds)
     typer.echo(
-        f"re-masked {len(result.positions)} tokens in {len(result.rounds)} rounds: {', '.join(shown) or 'none'}; "
+        f"re-masked {n} token{'s' * (n != 1)} in {r} round{'s' * (r != 1)}: {', '.join(shown) or 'none'}; "
         f"NFE {result.nfe}, {result.seconds:.2f} s"
     )
 
