@@ -120,6 +120,34 @@ def test_completion(client):
     assert [c.index for c in two.choices] == [0, 1] and two.choices[0].text == choice.text  # choice c: seed + c
 
 
+def test_stop_strings_cut_the_text_streamed_or_not(client):
+    kw = dict(model="tiny", prompt="Emma was", max_tokens=16, seed=1, temperature=1.0, extra_body={"dlm": SMALL})
+    text = client.completions.create(**kw).choices[0].text
+    stop = text[6:8]
+    cut = client.completions.create(stop=[stop], **kw).choices[0]
+    assert cut.text == text[: text.find(stop)] and cut.finish_reason == "stop"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(stop=stop, stream=True, **kw))
+    assert streamed == cut.text
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_rows(server):
+    body = {"model": "tiny", "prompt": "Emma", "max_tokens": 64, "seed": 0, "stream": True}
+    body["dlm"] = {"steps": 64, "stream_denoising": True}  # a chunk at every step
+    headers, before = {"Authorization": f"Bearer {KEY}"}, httpx.get(server + "/health").json()["nfe"]
+    with httpx.stream("POST", server + "/v1/completions", json=body, headers=headers, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                break  # the first chunk, then hang up
+    for _ in range(200):
+        health = httpx.get(server + "/health").json()
+        if health["running_rows"] == 0 and health["queued"] == 0:
+            break
+        time.sleep(0.05)
+    assert health["running_rows"] == 0 and health["queued"] == 0
+    assert health["nfe"] - before < 16  # of the 64 steps it asked for
+
+
 def test_chat_completion(client):
     messages = [{"role": "user", "content": "Who is Emma?"}]
     out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, seed=2)

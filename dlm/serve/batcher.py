@@ -74,6 +74,7 @@ class Batcher:
         self.running: list[Ticket] = []
         self.batches = 0  # batched calls made
         self.rows = 0  # rows they ran
+        self.nfe = 0  # model calls they made
         self.stopping = False
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="dlm-batcher", daemon=True)
@@ -220,7 +221,7 @@ class Batcher:
         results = engine.generate_ids(
             prompts, job.sampler, seeds, on_step, gen_length=job.max_tokens, batch_size=len(rows), **job.options
         )
-        self.batches, self.rows = self.batches + 1, self.rows + len(rows)
+        self.batches, self.rows, self.nfe = self.batches + 1, self.rows + len(rows), self.nfe + results[0].nfe
         choices: dict[Ticket, list[dict]] = {t: [] for t in tickets}
         for j, ((t, c), result) in enumerate(zip(rows, results)):
             if t.finished or t.cancelled:
@@ -250,7 +251,7 @@ class Batcher:
         with self._cv:
             waiting = len(self.pending)
         running = sum(t.job.rows for t in self.running)
-        return {"queued": waiting, "running_rows": running, "batches": self.batches, "rows": self.rows}
+        return {"queued": waiting, "running_rows": running, "batches": self.batches, "rows": self.rows, "nfe": self.nfe}
 
 
 def timeout_error(seconds: float) -> ApiError:
