@@ -57,7 +57,7 @@ def serve(
         max_batch=max_batch,
         max_queue=max_queue,
         timeout=timeout,
-        api_key=api_key,
+        api_key=api_key or None,  # an empty $DLM_API_KEY is no key, not the empty key
         max_body=max_body,
         window=batch_window,
     )
