@@ -343,3 +343,26 @@ def test_timeout_and_a_client_that_leaves(engine):
         assert batcher.batches == 1 and len(got) == 1  # the batch ended at the step after the cancel
     finally:
         batcher.stop()
+
+
+def test_chat_prompts_use_the_tokenizer_template_or_the_default(engine):
+    from dlm.serve.requests import ApiError, render_chat
+
+    tok = engine.tokenizer
+    chat = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "?"},
+    ]
+    assert render_chat(tok, chat) == "User: Hi\nAssistant: Hello\nUser: ?\nAssistant:"
+    try:
+        tok.chat_template = (
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}"
+        )
+        assert render_chat(tok, chat[:1]) == "<user>Hi<|endoftext|><assistant>"
+        tok.chat_template = "{{ raise_exception('roles must alternate') }}"
+        with pytest.raises(ApiError, match="roles must alternate"):
+            render_chat(tok, chat)
+    finally:
+        tok.chat_template = None
