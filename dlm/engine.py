@@ -8,9 +8,9 @@
 config dataclass, e.g. ``ConfidenceConfig``: steps, block_length, temperature, threshold, cache, ...; one that does
 not apply to the sampler is an error) and the Engine's: ``gen_length`` (tokens to generate), ``stop_at_eos`` (end a
 sample at its first stop token: EOS, or any end-of-turn id of the tokenizer), ``batch_size`` (samples run
-together, left-padded), ``history`` (keep every
-intermediate canvas). Prompt i draws from its own generator seeded ``seed + i``, so a prompt's sample does not
-depend on the batch it runs in.
+together, left-padded), ``history`` (keep every intermediate canvas). Prompt i draws from its own generator seeded
+``seed + i`` (or ``seed[i]`` when ``seed`` is a list: one seed per prompt, as the server gives each request its
+own), so a prompt's sample does not depend on the batch it runs in.
 
 ``infill(text, sampler=None, seed=0, on_step=None, *, lengths=None, **options) -> InfillResult``: the holes of
 ``text`` (``[MASK]`` one token, ``[MASK*N]`` N tokens) filled with everything else fixed, by a sampler that reads
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -81,7 +82,12 @@ class Engine:
         return name, entry.make_config(options, model_facts(self.config))
 
     def generate(
-        self, prompts: str | list[str], sampler: str | None = None, seed: int = 0, on_step=None, **options
+        self,
+        prompts: str | list[str],
+        sampler: str | None = None,
+        seed: int | Sequence[int] = 0,
+        on_step=None,
+        **options,
     ) -> list[Result]:
         """One continuation per prompt (see the module docstring)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -91,7 +97,7 @@ class Engine:
         self,
         prompts: list[list[int]],
         sampler: str | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         on_step=None,
         *,
         gen_length: int = 64,
@@ -105,6 +111,9 @@ class Engine:
             raise DlmError("there must be at least one prompt")
         if gen_length <= 0 or batch_size <= 0:
             raise DlmError(f"gen_length and batch_size must be positive, got {gen_length} and {batch_size}")
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != len(prompts):
+            raise DlmError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt, or one int")
         name, config = self.sampler_config(sampler, **options)
         entry, tok = SAMPLERS.get(name), self.tokenizer
         if tok.mask_id is None and name != "ar":
@@ -130,7 +139,7 @@ class Engine:
                 stop_ids=tok.stop_ids,
                 bos_id=tok.bos_id,
             ).to(device)
-            generators = [torch.Generator(device=device).manual_seed(seed + first + i) for i in range(len(rows))]
+            generators = [torch.Generator(device=device).manual_seed(seeds[first + i]) for i in range(len(rows))]
             start = time.perf_counter()
             out = run_sampler(
                 entry, self.model, batch, config, generators, on_step, stop_at_eos=stop_at_eos, history=history

@@ -31,7 +31,7 @@ from dlm.models.hf import LAYOUTS, LLAMA_FAMILY, model_config_from_hf, state_dic
 from dlm.models.rope import rope_inv_freq
 from dlm.models.transformer import Transformer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}  # fp64: exact-arithmetic tests
 SMOLLM2_CACHE = "SmolLM2-135M-Instruct-Q4_1-fp32"  # the folder under the dlm cache's models/
 HF_EXTRA = "install the hf extra: pip install 'dlm[hf]' (transformers, gguf and accelerate)"
 # ids a chat or instruction model ends a turn with, stopped at when the vocabulary has them
@@ -115,7 +115,7 @@ def load(
     use_ema: bool = True,
 ):
     """``(model, tokenizer, run_config)`` of a run directory, a Hugging Face folder or a ``.gguf`` file (see the
-    module docstring). ``dtype`` (fp32 or bf16) casts the weights (default: fp32, a run's own weights as saved);
+    module docstring). ``dtype`` (fp32, bf16 or fp64) casts the weights (default: fp32, a run's own weights as saved);
     the tokenizer is None for a folder without tokenizer.json."""
     name, kind, path = path, model_kind(path), resolve(path)
     dtype = _dtype(dtype)

@@ -18,7 +18,9 @@ MODEL_HELP = (
 
 
 def dtype_option():
-    return typer.Option(None, "--dtype", help="Weights' dtype: fp32 or bf16 (default: fp32). --precision is autocast.")
+    return typer.Option(
+        None, "--dtype", help="Weights' dtype: fp32, bf16 or fp64 (default: fp32). --precision is autocast."
+    )
 
 
 def device_option():
