@@ -78,7 +78,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto" (bf16 on CUDA, fp32 on CPU)
+    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto" (dlm/train/precision.py: bf16 where faster)
     compile: bool = False
     ema: float = 0.0  # EMA decay of the weights (0 = off); eval and sampling then use the EMA weights
     seed: int = 0

@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+# --precision auto may pick bf16 on a CPU with AMX-bf16: the suite computes the same numbers on every CPU in fp32
+os.environ["DLM_AUTO_PRECISION"] = "fp32"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory):

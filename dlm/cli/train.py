@@ -47,7 +47,11 @@ def train(
     data: str = typer.Option("austen", help="'austen' (bundled), a .txt file or folder, or hf:NAME[:CONFIG]."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (preset default)."),
-    precision: str = typer.Option("auto", help="fp32, bf16 (autocast) or auto (bf16 on CUDA, fp32 on CPU)."),
+    precision: str = typer.Option(
+        "auto",
+        help="fp32, bf16 (autocast) or auto: bf16 on CUDA and on CPUs with AMX-bf16 where a probe shows it faster, "
+        "else fp32 (the reason is printed at start; DLM_AUTO_PRECISION=fp32 fixes it).",
+    ),
     schedule: Optional[str] = typer.Option(
         None, help="Schedule: linear, loglinear (default), cosine; diffusion-lm: vp-sqrt (default), vp-cosine, ..."
     ),

@@ -37,19 +37,12 @@ from dlm.train import checkpoint as ckpt
 from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.optim import build_optimizer, lr_at
+from dlm.train.precision import resolve_precision
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     digest = hashlib.blake2b(f"{seed}:{step}:{micro}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise DlmError(f"unknown precision {precision!r}; choose one of: auto, fp32, bf16")
-    return precision
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -120,7 +113,11 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
         tc = cfg.train
     OBJECTIVES.get(tc.objective).configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, ...
-    precision = resolve_precision(tc.precision, info.device)
+    precision, why = resolve_precision(tc.precision, info.device, cfg.model.d_model, cfg.model.d_ff)
+    if info.enabled and tc.precision == "auto":  # a timing probe may differ between ranks: bf16 only if all agree
+        fp32 = all_reduce_max(torch.tensor(float(precision == "fp32"), device=info.device), info)
+        if precision == "bf16" and fp32.item():
+            precision, why = "fp32", why + "; another process chose fp32"
     autocast = autocast_for(precision, info.device)
     torch.manual_seed(tc.seed)
 
@@ -167,7 +164,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         n_params = model.num_parameters()
         tqdm.write(
             f"dlm train: {'from ' + tc.init if tc.init else cfg.preset} {tc.objective}, {n_params / 1e6:.2f}M "
-            f"parameters, {precision}, "
+            f"parameters, {precision}{f' (auto: {why})' if tc.precision == 'auto' else ''}, "
             f"{info.world_size} process(es) on {info.device.type}, {len(train_set)} training sequences of "
             f"{cfg.data.seq_len} tokens" + (f", resuming at step {step}" if saved else "")
         )
