@@ -69,6 +69,7 @@ def test_metrics_and_checkpoint_round_trip(tiny_mdlm_run):
     assert not cfg.model.causal and tok.mask_id is not None
     assert sorted(p.name for p in (tiny_mdlm_run / "checkpoint").iterdir()) == [
         "config.json",
+        "manifest.json",
         "model.safetensors",
         "optimizer.safetensors",
         "tokenizer.json",
@@ -146,3 +147,29 @@ def test_time_conditioned_model_trains_and_samples(tmp_path):
         (result,) = engine.generate(["Anne"], sampler, gen_length=8, steps=4, stop_at_eos=False)
         assert result.prompt == "Anne" and "░" not in result.text
         assert len(result.tokens) == 8 and tok.mask_id not in result.tokens
+
+
+def test_resume_from_only_the_old_checkpoint_is_bit_exact(tmp_path):
+    """Killed between the two renames (only .checkpoint.old left), resumed, stopped again, resumed: the weights of
+    the uninterrupted run."""
+    train(tiny(), tmp_path / "full", progress=False)
+    split = tmp_path / "split"
+    train(tiny(), split, progress=False, stop_at=8)
+    (split / "checkpoint").rename(split / ".checkpoint.old")
+    train(tiny(), split, progress=False, resume=True, stop_at=14)
+    assert sorted(p.name for p in split.iterdir() if p.is_dir()) == ["checkpoint"]
+    train(tiny(), split, progress=False, resume=True)
+    assert_same_weights(tmp_path / "full", split)
+
+
+def test_resume_with_nothing_complete_refuses_unless_told_to_start_over(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DlmError, match="holds no complete checkpoint to resume; drop --resume"):
+        train(tiny(steps=2), run, resume=True, progress=False)
+    (run / ".checkpoint.tmp-999").mkdir(parents=True)  # a dead run's half-written save
+    (run / ".checkpoint.tmp-999" / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(DlmError, match="holds no complete checkpoint"):
+        train(tiny(steps=2), run, resume=True, progress=False)
+    assert not (run / ".checkpoint.tmp-999").exists()  # cleaned by the attempt, which held the run lock
+    train(tiny(steps=2), run, resume=True, overwrite=True, progress=False)  # resume, or start when nothing to resume
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 2

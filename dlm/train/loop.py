@@ -10,6 +10,9 @@ run resumed from a checkpoint reproduces the uninterrupted run bit for bit (on t
 A step never waits for the device: the losses, metrics and grad norm stay tensors until a log step
 (``train.log_every``) turns them into floats, and under DDP the ranks agree on the time limit only there (one
 all-reduce per log step), so a run that hits ``--time-limit`` stops at the next log step, on every rank together.
+
+``--resume`` first makes the newest complete checkpoint ``checkpoint/`` (``dlm.train.checkpoint.recover``) and
+refuses when there is none, unless ``--overwrite`` says to start a new run then.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -104,16 +106,31 @@ def train(
         )
     info = setup_distributed(device)
     try:
-        return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
+        saved = _resumable(out_dir, info, overwrite) if resume else None
+        return _train(cfg, out_dir, info, saved=saved, progress=progress, stop_at=stop_at)
     finally:
         teardown(info)
 
 
-def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progress: bool, stop_at) -> dict:
+def _resumable(out_dir: Path, info: DistInfo, overwrite: bool) -> Path | None:
+    """--resume: the newest complete checkpoint, made ``checkpoint/`` (rank 0; dead runs' leftovers deleted), or
+    None with --overwrite; without it, a one-line error when nothing is complete."""
+    if info.is_main:
+        ckpt.recover(out_dir)
+    barrier(info)
+    saved = ckpt.newest_complete(out_dir)
+    if saved is None and not overwrite:
+        raise DlmError(
+            f"--resume: {out_dir} holds no complete checkpoint to resume; drop --resume to start a new run there, "
+            "or add --overwrite to start one whenever there is nothing to resume"
+        )
+    if saved is None and info.is_main:
+        tqdm.write(f"--resume --overwrite: no complete checkpoint in {out_dir}, starting a new run")
+    return saved
+
+
+def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None, progress: bool, stop_at) -> dict:
     tc = cfg.train
-    saved = ckpt.existing_checkpoint(out_dir) if resume else None
-    if resume and saved is None and info.is_main:
-        tqdm.write(f"--resume: no checkpoint in {out_dir}, starting a new run")
     if saved:
         max_steps, time_limit = tc.max_steps, tc.time_limit_minutes
         cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
@@ -159,9 +176,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not saved:
-            for old in (ckpt.CHECKPOINT, ".checkpoint.old"):  # --overwrite: drop the old run's weights
-                shutil.rmtree(out_dir / old, ignore_errors=True)
+        if not saved:  # a new run: drop an old run's weights (--overwrite) and dead runs' leftovers
+            ckpt.clear(out_dir)
     log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
     if info.is_main:
         n_params = model.num_parameters()
