@@ -1,5 +1,5 @@
 """Checkpoints under failure: folder states a crash (or two) can leave, each found and recovered; a crash at every
-rename and delete of a save; kill -9 of a real training process."""
+rename and delete of a save; kill -9 of a real training process; and loading that names a damaged tensor."""
 
 import json
 import multiprocessing
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import dlm
+from dlm.errors import DlmError
 from dlm.train import checkpoint as ckpt
 
 
@@ -160,3 +162,48 @@ def test_kill_9_at_random_points_leaves_a_resumable_checkpoint(tiny_mdlm_run, tm
         assert step > last
         dlm.load(run)
         last = step
+
+
+def damaged(source: Path, tmp_path: Path, change) -> Path:
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(bad / "model.safetensors"))
+    return bad
+
+
+NAME = "blocks.0.attn.qkv.weight"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t[NAME].view(-1).__setitem__(3, float("nan")), f"tensor '{NAME}' holds NaN or infinite values"),
+        (lambda t: t.__setitem__(NAME, t[NAME].long()), f"tensor '{NAME}' is int64, the model expects float32"),
+        (lambda t: t.__setitem__(NAME, t[NAME][:-1]), f"tensor '{NAME}' has shape .* does not match config.json"),
+        (lambda t: t.pop(NAME), f"missing tensors \\['{NAME}'\\]"),
+    ],
+)
+def test_loading_names_the_bad_tensor(source, tmp_path, change, message):
+    assert NAME in load_file(str(source / "model.safetensors"))
+    with pytest.raises(DlmError, match=message) as e:
+        dlm.load(damaged(source, tmp_path, change))
+    assert "\n" not in str(e.value)
+
+
+def test_a_damaged_optimizer_state_is_refused_on_resume(tiny_mdlm_run, tmp_path):
+    from dlm.presets import preset_config
+    from dlm.train.loop import train
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_mdlm_run, run)
+    path = run / "checkpoint" / "optimizer.safetensors"
+    tensors = load_file(str(path))
+    tensors["state.0.exp_avg"] = torch.full_like(tensors["state.0.exp_avg"], float("inf"))
+    save_file(tensors, str(path))
+    ckpt.write_manifest(run / "checkpoint", 40)
+    cfg = preset_config("tiny")
+    cfg.train.max_steps = 41
+    with pytest.raises(DlmError, match="tensor 'state.0.exp_avg' holds NaN or infinite values"):
+        train(cfg, run, resume=True, progress=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from dlm.config import RunConfig
 from dlm.data.tokenizer import Tokenizer, load_tokenizer
@@ -191,10 +191,16 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: list[dict]) -> None:
-    tensors = _load_tensors(ckpt / "optimizer.safetensors")
+    path = ckpt / "optimizer.safetensors"
+    tensors = _load_tensors(path)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
+        if not (idx.isdigit() and int(idx) < len(params)):
+            raise DlmError(f"{path}: tensor {name!r} names no parameter of this model; restore the checkpoint")
+        expected = value if key == "step" else params[int(idx)]  # the moments have their parameter's shape
+        check_tensor(path, name, value, expected)
         state.setdefault(int(idx), {})[key] = value
     # the saved hyper-parameters, but this machine's implementation (fused on CUDA, foreach elsewhere)
     impl = ("foreach", "fused")
@@ -202,6 +208,27 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: l
         {**saved, **{k: now[k] for k in impl if k in now}} for saved, now in zip(param_groups, optimizer.param_groups)
     ]
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def check_tensor(path: Path, name: str, value: torch.Tensor, expected: torch.Tensor) -> None:
+    """A one-line error naming the tensor unless it has the expected shape, a dtype of the same kind (floating
+    point for floating point, else the same dtype) and only finite values."""
+    if value.shape != expected.shape:
+        raise DlmError(
+            f"{path}: tensor {name!r} has shape {list(value.shape)}, the model expects {list(expected.shape)}; "
+            "it does not match config.json: restore the checkpoint"
+        )
+    same_kind = value.dtype.is_floating_point if expected.dtype.is_floating_point else value.dtype == expected.dtype
+    if not same_kind:
+        raise DlmError(
+            f"{path}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')}, the model expects "
+            f"{str(expected.dtype).removeprefix('torch.')}; restore the checkpoint"
+        )
+    if value.dtype.is_floating_point and not torch.isfinite(value).all():
+        raise DlmError(
+            f"{path}: tensor {name!r} holds NaN or infinite values (a diverged run?); restore or re-train the "
+            "checkpoint"
+        )
 
 
 def save_checkpoint(
@@ -267,16 +294,19 @@ def load_config(ckpt: Path) -> RunConfig:
 
 
 def load_weights(model: Transformer, path: Path) -> None:
-    if not path.exists():
-        raise DlmError(f"{path} is missing; the checkpoint is incomplete: re-train or restore it")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DlmError(f"{path} is corrupt or truncated ({e}); re-train or restore the checkpoint") from None
-    except RuntimeError as e:  # shapes that do not fit the model built from config.json
-        raise DlmError(f"{path} does not match config.json ({str(e).splitlines()[0]})") from None
-    if missing or unexpected:
-        raise DlmError(f"{path} does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    """Load ``path`` into ``model`` after checking every tensor (``check_tensor``); tied weights are stored once."""
+    tensors = _load_tensors(path)
+    expected = model.state_dict()
+    unexpected = [name for name in tensors if name not in expected]
+    if unexpected:
+        raise DlmError(f"{path} does not match config.json (unexpected tensors {unexpected[:3]})")
+    for name, value in tensors.items():
+        check_tensor(path, name, value, expected[name])
+    loaded = {expected[name].data_ptr() for name in tensors}  # a tied weight is loaded with its twin
+    missing = [name for name, t in expected.items() if name not in tensors and t.data_ptr() not in loaded]
+    if missing:
+        raise DlmError(f"{path} does not match config.json (missing tensors {missing[:3]})")
+    model.load_state_dict(tensors, strict=False)
 
 
 def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):
