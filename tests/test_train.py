@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from dlm.errors import DlmError
 from dlm.presets import preset_config
 from dlm.train.loop import train
 from dlm.train.optim import lr_at
+from dlm.train.runlock import RunLock
+from tests.helpers import dlm as run_cli
 
 
 def tiny(objective="mdlm", steps=20, **train_kw):
@@ -173,3 +177,32 @@ def test_resume_with_nothing_complete_refuses_unless_told_to_start_over(tmp_path
     assert not (run / ".checkpoint.tmp-999").exists()  # cleaned by the attempt, which held the run lock
     train(tiny(steps=2), run, resume=True, overwrite=True, progress=False)  # resume, or start when nothing to resume
     assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+
+
+HOLD_LOCK = """
+import sys, time
+from dlm.train.runlock import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_with_the_holder_pid(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for flags in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(DlmError, match=f"in use by another training run \\(pid {holder.pid}\\)"):
+                train(tiny(steps=2), run, progress=False, **flags)
+        proc = run_cli("train", "--preset", "tiny", "--out", run, "--overwrite", "--quiet", check=False)
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"error: {run} is in use by another training run (pid {holder.pid}); wait for it to end or stop it, or "
+            "choose another --out"
+        ]
+    finally:
+        holder.kill()  # kill -9: the OS releases the lock
+        holder.wait()
+    with RunLock(run):
+        pass

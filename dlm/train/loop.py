@@ -11,8 +11,9 @@ A step never waits for the device: the losses, metrics and grad norm stay tensor
 (``train.log_every``) turns them into floats, and under DDP the ranks agree on the time limit only there (one
 all-reduce per log step), so a run that hits ``--time-limit`` stops at the next log step, on every rank together.
 
-``--resume`` first makes the newest complete checkpoint ``checkpoint/`` (``dlm.train.checkpoint.recover``) and
-refuses when there is none, unless ``--overwrite`` says to start a new run then.
+A run holds the run lock on ``--out`` (``dlm.train.runlock``) from start to end; ``--resume`` first makes the newest
+complete checkpoint ``checkpoint/`` (``dlm.train.checkpoint.recover``) and refuses when there is none, unless
+``--overwrite`` says to start a new run then.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,6 +41,7 @@ from dlm.train import checkpoint as ckpt
 from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.optim import build_optimizer, lr_at
+from dlm.train.runlock import RunLock
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -99,17 +102,18 @@ def train(
     step (with a checkpoint), as an interruption would, without changing the LR schedule."""
     out_dir = Path(out_dir)
     cfg.validate()
-    if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
-        raise DlmError(
-            f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
-            "again, or choose another --out"
-        )
-    info = setup_distributed(device)
-    try:
-        saved = _resumable(out_dir, info, overwrite) if resume else None
-        return _train(cfg, out_dir, info, saved=saved, progress=progress, stop_at=stop_at)
-    finally:
-        teardown(info)
+    with RunLock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # rank 0 writes OUT
+        if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
+            raise DlmError(
+                f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
+                "again, or choose another --out"
+            )
+        info = setup_distributed(device)
+        try:
+            saved = _resumable(out_dir, info, overwrite) if resume else None
+            return _train(cfg, out_dir, info, saved=saved, progress=progress, stop_at=stop_at)
+        finally:
+            teardown(info)
 
 
 def _resumable(out_dir: Path, info: DistInfo, overwrite: bool) -> Path | None:
@@ -174,10 +178,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not saved:  # a new run: drop an old run's weights (--overwrite) and dead runs' leftovers
-            ckpt.clear(out_dir)
+    if info.is_main and not saved:  # a new run: drop an old run's weights (--overwrite) and dead runs' leftovers
+        ckpt.clear(out_dir)
     log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
     if info.is_main:
         n_params = model.num_parameters()
