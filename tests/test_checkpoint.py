@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file
 
 import dlm
 from dlm.errors import DlmError
+from dlm.presets import preset_config
 from dlm.train import checkpoint as ckpt
+from dlm.train.loop import train
 
 
 def make(run: Path, source: Path, name: str, step: int, complete: bool = True) -> Path:
@@ -131,20 +133,18 @@ def test_two_crashes_in_a_row_never_lose_the_run(source, tmp_path, monkeypatch):
 
 
 def killed_run(run: Path) -> None:
-    from dlm.presets import preset_config
-    from dlm.train.loop import train
-
     torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (as DataLoader workers)
 
     cfg = preset_config("tiny")
-    cfg.train.max_steps, cfg.train.precision, cfg.train.batch_size, cfg.train.save_every = 30, "fp32", 2, 1
+    cfg.train.max_steps, cfg.train.precision, cfg.train.batch_size, cfg.train.save_every = 10**6, "fp32", 2, 1
     train(cfg, run, resume=True, overwrite=True, progress=False)
 
 
 def test_kill_9_at_random_points_leaves_a_resumable_checkpoint(tiny_mdlm_run, tmp_path):
-    """A tiny run saving every step, killed -9 at a random moment after its next save, three times: each time the
-    newest complete checkpoint loads, its step has moved on, and the next run resumes from it. (The trainer is a
-    child forked from this process, which has torch imported already: a fresh interpreter takes seconds.)"""
+    """A tiny run saving every step (and never ending), killed -9 at a random moment after its next save, three
+    times: each time the newest complete checkpoint loads, its step has moved on, and the next run resumes from it.
+    (The trainer is a child forked from this process, which the session's tiny run has made import everything a
+    run needs, torch._dynamo through AdamW included: a fresh interpreter spends seconds on that.)"""
     run, rng, last = tmp_path / "run", random.Random(0), -1
     for _ in range(3):
         proc = multiprocessing.get_context("fork").Process(target=killed_run, args=(run,))
@@ -193,9 +193,6 @@ def test_loading_names_the_bad_tensor(source, tmp_path, change, message):
 
 
 def test_a_damaged_optimizer_state_is_refused_on_resume(tiny_mdlm_run, tmp_path):
-    from dlm.presets import preset_config
-    from dlm.train.loop import train
-
     run = tmp_path / "run"
     shutil.copytree(tiny_mdlm_run, run)
     path = run / "checkpoint" / "optimizer.safetensors"
