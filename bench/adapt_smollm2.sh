@@ -8,4 +8,4 @@ OUT=${OUT:-runs/smol-mdlm}
 CHUNK=${CHUNK:-25}
 MAX_STEPS=${MAX_STEPS:-150}
 exec ${DLM:-.venv/bin/dlm} train --init smollm2 --objective mdlm --anneal-steps 50 --max-steps "$MAX_STEPS" \
-  --batch-size 8 --lr 1e-4 --save-every 10 --time-limit "$CHUNK" --resume --out "$OUT" --set train.log_every=5 --set train.warmup_steps=20 "$@"
+  --batch-size 8 --lr 1e-4 --save-every 10 --time-limit "$CHUNK" --resume --overwrite --out "$OUT" --set train.log_every=5 --set train.warmup_steps=20 "$@"

@@ -54,6 +54,7 @@ def main() -> None:
                 str(run),
                 "--quiet",
                 "--resume",
+                "--overwrite",  # (with --resume: start a new run when there is nothing to resume)
             )
             print(f"{objective}: trained in {time.time() - start:.0f} s", flush=True)
         trainer = json.loads(state.read_text())

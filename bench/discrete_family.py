@@ -77,6 +77,7 @@ def train(name: str, run: Path, args) -> dict:
             f"train.warmup_steps={args.warmup}",
             "--quiet",
             "--resume",
+            "--overwrite",  # (with --resume: start a new run when there is nothing to resume)
         )
         print(f"{name}: trained in {time.time() - start:.0f} s", flush=True)
     return json.loads(state.read_text())

@@ -91,6 +91,8 @@ class TrainConfig:
     #                                  at a log step); 0 = no limit; --resume continues
     init: str | None = None  # start from this model (dlm.load's paths): adaptation, see dlm.train.adapt
     anneal_steps: int = 0  # anneal the attention from causal to full over the first K steps (DiffuLLaMA); 0 = off
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run (nothing bad is saved) or "skip" the step
+    #                          (counted in metrics.jsonl as skipped_steps; one host sync per step), dlm.train.guard
 
 
 FORMAT_VERSION = 2  # of config.json; 1 (no format_version): the objective's options were fields of train
@@ -198,6 +200,8 @@ class RunConfig:
             raise DlmError(f"train.anneal_steps must be >= 0 (0 = off), got {self.train.anneal_steps}")
         if self.train.anneal_steps and self.train.objective == "ar":
             raise DlmError("train.anneal_steps anneals causal attention to full: it applies to diffusion objectives")
+        if self.train.nonfinite not in ("stop", "skip"):
+            raise DlmError(f"unknown train.nonfinite {self.train.nonfinite!r}; choose one of: stop, skip")
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self

@@ -1,4 +1,7 @@
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,8 +11,11 @@ import dlm
 from dlm.config import RunConfig, apply_overrides
 from dlm.errors import DlmError
 from dlm.presets import preset_config
+from dlm.train import loop
 from dlm.train.loop import train
 from dlm.train.optim import lr_at
+from dlm.train.runlock import RunLock
+from tests.helpers import dlm as run_cli
 
 
 def tiny(objective="mdlm", steps=20, **train_kw):
@@ -69,6 +75,7 @@ def test_metrics_and_checkpoint_round_trip(tiny_mdlm_run):
     assert not cfg.model.causal and tok.mask_id is not None
     assert sorted(p.name for p in (tiny_mdlm_run / "checkpoint").iterdir()) == [
         "config.json",
+        "manifest.json",
         "model.safetensors",
         "optimizer.safetensors",
         "tokenizer.json",
@@ -146,3 +153,113 @@ def test_time_conditioned_model_trains_and_samples(tmp_path):
         (result,) = engine.generate(["Anne"], sampler, gen_length=8, steps=4, stop_at_eos=False)
         assert result.prompt == "Anne" and "░" not in result.text
         assert len(result.tokens) == 8 and tok.mask_id not in result.tokens
+
+
+def test_resume_from_only_the_old_checkpoint_is_bit_exact(tmp_path):
+    """Killed between the two renames (only .checkpoint.old left), resumed, stopped again, resumed: the weights of
+    the uninterrupted run."""
+    train(tiny(), tmp_path / "full", progress=False)
+    split = tmp_path / "split"
+    train(tiny(), split, progress=False, stop_at=8)
+    (split / "checkpoint").rename(split / ".checkpoint.old")
+    train(tiny(), split, progress=False, resume=True, stop_at=14)
+    assert sorted(p.name for p in split.iterdir() if p.is_dir()) == ["checkpoint"]
+    train(tiny(), split, progress=False, resume=True)
+    assert_same_weights(tmp_path / "full", split)
+
+
+def test_resume_with_nothing_complete_refuses_unless_told_to_start_over(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DlmError, match="holds no complete checkpoint to resume; drop --resume"):
+        train(tiny(steps=2), run, resume=True, progress=False)
+    (run / ".checkpoint.tmp-999").mkdir(parents=True)  # a dead run's half-written save
+    (run / ".checkpoint.tmp-999" / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(DlmError, match="holds no complete checkpoint"):
+        train(tiny(steps=2), run, resume=True, progress=False)
+    assert not (run / ".checkpoint.tmp-999").exists()  # cleaned by the attempt, which held the run lock
+    train(tiny(steps=2), run, resume=True, overwrite=True, progress=False)  # resume, or start when nothing to resume
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+
+
+HOLD_LOCK = """
+import sys, time
+from dlm.train.runlock import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_with_the_holder_pid(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for flags in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(DlmError, match=f"in use by another training run \\(pid {holder.pid}\\)"):
+                train(tiny(steps=2), run, progress=False, **flags)
+        proc = run_cli("train", "--preset", "tiny", "--out", run, "--overwrite", "--quiet", check=False)
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"error: {run} is in use by another training run (pid {holder.pid}); wait for it to end or stop it, or "
+            "choose another --out"
+        ]
+    finally:
+        holder.kill()  # kill -9: the OS releases the lock
+        holder.wait()
+    with RunLock(run):
+        pass
+
+
+def strict_json_lines(path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_lr_inf_stops_with_one_error_line_and_saves_nothing(tmp_path):
+    run = tmp_path / "inf"
+    args = ("train", "--preset", "tiny", "--max-steps", 12, "--lr", "inf", "--precision", "fp32", "--quiet")
+    proc = run_cli(*args, "--save-every", 6, "--out", run, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: the loss or the gradients became NaN or infinite at step 2; stopped before saving (no checkpoint was "
+        "saved). Lower the learning rate, check the data, or skip such steps with --set train.nonfinite=skip"
+    ]
+    assert not any(p.is_dir() for p in run.iterdir())  # no checkpoint, not even a temporary one
+    (line,) = strict_json_lines(run / "metrics.jsonl")  # the log step that stopped it, NaN written as null
+    assert line["step"] == 5 and line["loss"] is None and line["lr"] is None
+    with pytest.raises(DlmError, match=r"the weights became NaN or infinite \(first: .*\); stopped before saving"):
+        train(tiny(steps=4, lr=math.inf, save_every=1), tmp_path / "inf1", progress=False)  # broken by step 1
+    assert not (tmp_path / "inf1" / "checkpoint").exists()
+
+
+def test_a_divergence_after_a_checkpoint_keeps_it(tmp_path, monkeypatch):
+    """The learning rate turns infinite at step 7: the run stops at the log step 10 and the checkpoint of step 5
+    stays, finite, and the log is JSON."""
+    monkeypatch.setattr(loop, "lr_at", lambda step, tc: math.inf if step >= 6 else lr_at(step, tc))
+    run = tmp_path / "run"
+    with pytest.raises(DlmError, match=f"at step 8; stopped before saving \\({run / 'checkpoint'} holds step 5\\)"):
+        train(tiny(steps=20, save_every=5), run, progress=False)
+    model, _, _ = dlm.load(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 5
+    assert [r["step"] for r in strict_json_lines(run / "metrics.jsonl")] == [5, 10]
+
+
+def test_nonfinite_skip_skips_and_counts_the_step(tmp_path, monkeypatch):
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def nan_at_step_3(params, max_norm):
+        calls.append(1)
+        norm = clip(params, max_norm)
+        return torch.full_like(norm, math.nan) if len(calls) == 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_at_step_3)
+    run = tmp_path / "run"
+    train(tiny(steps=10, nonfinite="skip"), run, progress=False)
+    logged = [r for r in strict_json_lines(run / "metrics.jsonl") if "loss" in r]
+    assert [r["skipped_steps"] for r in logged] == [1, 1] and all(math.isfinite(r["loss"]) for r in logged)
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["skipped_steps"] == 1
+    with pytest.raises(DlmError, match="unknown train.nonfinite 'ignore'; choose one of: stop, skip"):
+        tiny(nonfinite="ignore").validate()

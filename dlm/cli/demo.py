@@ -80,7 +80,7 @@ def _adapted(out: Path | None, minutes: float, max_steps: int, batch_size: int, 
         cfg.data.seq_len, cfg.train.batch_size, cfg.train.lr = 128, batch_size, 1e-4
         cfg.train.warmup_steps, cfg.train.anneal_steps = 4, max_steps // 2
         cfg.train.time_limit_minutes, cfg.train.log_every, cfg.train.eval_sequences = minutes, 4, 8
-        run_training(cfg, out, resume=True)
+        run_training(cfg, out, resume=True, overwrite=True)  # resume, or start when there is nothing to resume
     model, tokenizer, cfg = dlm.load(out)
     step = json.loads(state.read_text())["step"]
     anneal = 1.0 if not cfg.train.anneal_steps else min(1.0, step / cfg.train.anneal_steps)

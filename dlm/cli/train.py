@@ -41,8 +41,16 @@ def train(
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimiser steps to train for."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoint/, metrics.jsonl."),
     seed: int = typer.Option(0, help="Seed of the initialisation, data order and noise."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint (bit-exact on CPU)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh even if OUT holds a checkpoint."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from OUT's newest complete checkpoint (bit-exact on CPU); an error when there is none.",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start afresh even if OUT holds a checkpoint; with --resume: start afresh only when there is none.",
+    ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start, faster steps)."),
     data: str = typer.Option("austen", help="'austen' (bundled), a .txt file or folder, or hf:NAME[:CONFIG]."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),

@@ -7,9 +7,14 @@
         tokenizer.json
         optimizer.safetensors    AdamW moments (training state)
         trainer_state.json       step, data position, RNG states, optimizer hyper-parameters
+        manifest.json            written last: the step and each file's size (complete when they match)
 
-A new checkpoint is written to a temporary directory and renamed into place; the previous one is kept as
-``.checkpoint.old`` until the rename is done, so a crash never leaves a half-written checkpoint.
+A new checkpoint is written to ``.checkpoint.tmp-<pid>``, made durable (fsync) and completed by its manifest; only
+then does the previous one move to ``.checkpoint.old`` and the new one to ``checkpoint/``. A folder is deleted by
+renaming it to ``.checkpoint.trash-<pid>`` first, so a deletion cut short leaves nothing that looks complete.
+Whatever a crash (or two in a row) interrupts, a complete checkpoint of the newest step is on disk:
+``newest_complete`` finds it under any of the three names, and ``recover`` (run by the next training run under its
+run lock, so every temporary folder is a dead run's) makes it ``checkpoint/`` and deletes the rest.
 """
 
 from __future__ import annotations
@@ -22,25 +27,74 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from dlm.config import RunConfig
 from dlm.data.tokenizer import Tokenizer, load_tokenizer
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
 
-CHECKPOINT = "checkpoint"
+CHECKPOINT, OLD, TMP_PREFIX, TRASH_PREFIX = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-", ".checkpoint.trash-"
+MANIFEST = "manifest.json"
+
+
+def _manifest(ckpt: Path) -> dict | None:
+    """The manifest of a complete checkpoint (it parses and every file it lists has its size), else None."""
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        files, step = manifest["files"], manifest["step"]
+        if "model.safetensors" not in files or not (step is None or isinstance(step, int)):
+            return None
+        if all((ckpt / name).stat().st_size == size for name, size in files.items()):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def is_complete(ckpt: Path) -> bool:
+    """A valid manifest; or, for a checkpoint of a dlm that wrote none, ``checkpoint/`` or ``.checkpoint.old`` with
+    weights (that dlm only ever renamed whole checkpoints to those names)."""
+    if (ckpt / MANIFEST).exists():
+        return _manifest(ckpt) is not None
+    return ckpt.name in (CHECKPOINT, OLD) and (ckpt / "model.safetensors").is_file()
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The training step a complete checkpoint holds (-1: unknown, e.g. a checkpoint without trainer state)."""
+    manifest = _manifest(ckpt)
+    step = manifest["step"] if manifest else None
+    if step is None:
+        try:
+            step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            step = None
+    return step if isinstance(step, int) else -1
+
+
+def _candidates(run_dir: Path) -> list[Path]:
+    """The checkpoint folders of a run directory, in order of preference at equal steps."""
+    tmps = sorted(run_dir.glob(TMP_PREFIX + "*")) if run_dir.is_dir() else []
+    return [p for p in (run_dir / CHECKPOINT, run_dir / OLD, *tmps) if p.is_dir()]
+
+
+def newest_complete(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint of the highest step in a run directory (``checkpoint/``, ``.checkpoint.old`` or a
+    temporary folder a crash left behind), or None."""
+    complete = [p for p in _candidates(Path(run_dir)) if is_complete(p)]
+    return max(complete, key=checkpoint_step, default=None)  # max keeps the first of equal steps
 
 
 def existing_checkpoint(path: str | Path) -> Path | None:
-    """The checkpoint directory of a run directory (or a checkpoint directory itself), or None.
-
-    ``.checkpoint.old`` counts too: it is the last complete checkpoint if a crash hit between the two renames."""
+    """The checkpoint to read in a run directory (or a checkpoint directory itself), or None: the newest complete
+    one; failing that a damaged ``checkpoint/`` or ``.checkpoint.old``, so that loading it says what is wrong."""
     path = Path(path)
-    for candidate in (path, path / CHECKPOINT, path / ".checkpoint.old"):
-        if (candidate / "model.safetensors").exists():
-            return candidate
-    return None
+    if (path / "model.safetensors").exists():
+        return path
+    found = newest_complete(path)
+    if found is None:
+        found = next((p for p in (path / CHECKPOINT, path / OLD) if (p / "model.safetensors").exists()), None)
+    return found
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -49,6 +103,61 @@ def find_checkpoint(path: str | Path) -> Path:
     if found is None:
         raise DlmError(f"no checkpoint found in {path}; train one first: dlm train --out {path}")
     return found
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint folder: renamed out of the way first (atomic), then removed."""
+    if ckpt.exists():
+        trash = ckpt.with_name(f"{TRASH_PREFIX}{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        ckpt.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _promote(run_dir: Path, src: Path) -> Path:
+    """Make the complete checkpoint ``src`` the run's ``checkpoint/``; at every point some folder holds it whole."""
+    final, old = run_dir / CHECKPOINT, run_dir / OLD
+    if src != final:
+        if src == old:
+            remove_checkpoint(final)  # an incomplete or older one: old is the best there is
+        elif final.exists():
+            remove_checkpoint(old)
+            final.rename(old)
+        src.rename(final)
+        _fsync_dir(run_dir)
+    remove_checkpoint(old)
+    return final
+
+
+def recover(run_dir: str | Path) -> Path | None:
+    """Under the run lock: make the newest complete checkpoint ``checkpoint/`` and delete ``.checkpoint.old`` and
+    the temporary folders of dead runs; return ``checkpoint/``, or None when nothing is complete (then only the
+    temporary folders go)."""
+    run_dir = Path(run_dir)
+    best = newest_complete(run_dir)
+    final = _promote(run_dir, best) if best is not None else None
+    _remove_debris(run_dir)
+    return final
+
+
+def clear(run_dir: str | Path) -> None:
+    """Delete every checkpoint folder of a run directory (a new run there, e.g. --overwrite)."""
+    for p in _candidates(Path(run_dir)):
+        remove_checkpoint(p)
+    _remove_debris(Path(run_dir))
+
+
+def _remove_debris(run_dir: Path) -> None:
+    for p in [*run_dir.glob(TMP_PREFIX + "*"), *run_dir.glob(TRASH_PREFIX + "*")]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def load_trainer_state(ckpt: Path) -> dict:
@@ -82,10 +191,16 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: list[dict]) -> None:
-    tensors = _load_tensors(ckpt / "optimizer.safetensors")
+    path = ckpt / "optimizer.safetensors"
+    tensors = _load_tensors(path)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
+        if not (idx.isdigit() and int(idx) < len(params)):
+            raise DlmError(f"{path}: tensor {name!r} names no parameter of this model; restore the checkpoint")
+        expected = value if key == "step" else params[int(idx)]  # the moments have their parameter's shape
+        check_tensor(path, name, value, expected)
         state.setdefault(int(idx), {})[key] = value
     # the saved hyper-parameters, but this machine's implementation (fused on CUDA, foreach elsewhere)
     impl = ("foreach", "fused")
@@ -93,6 +208,27 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: l
         {**saved, **{k: now[k] for k in impl if k in now}} for saved, now in zip(param_groups, optimizer.param_groups)
     ]
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def check_tensor(path: Path, name: str, value: torch.Tensor, expected: torch.Tensor) -> None:
+    """A one-line error naming the tensor unless it has the expected shape, a dtype of the same kind (floating
+    point for floating point, else the same dtype) and only finite values."""
+    if value.shape != expected.shape:
+        raise DlmError(
+            f"{path}: tensor {name!r} has shape {list(value.shape)}, the model expects {list(expected.shape)}; "
+            "it does not match config.json: restore the checkpoint"
+        )
+    same_kind = value.dtype.is_floating_point if expected.dtype.is_floating_point else value.dtype == expected.dtype
+    if not same_kind:
+        raise DlmError(
+            f"{path}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')}, the model expects "
+            f"{str(expected.dtype).removeprefix('torch.')}; restore the checkpoint"
+        )
+    if value.dtype.is_floating_point and not torch.isfinite(value).all():
+        raise DlmError(
+            f"{path}: tensor {name!r} holds NaN or infinite values (a diverged run?); restore or re-train the "
+            "checkpoint"
+        )
 
 
 def save_checkpoint(
@@ -107,8 +243,8 @@ def save_checkpoint(
 ) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".checkpoint.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = run_dir / f"{TMP_PREFIX}{os.getpid()}"
+    remove_checkpoint(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     if ema_model is not None:
@@ -121,16 +257,22 @@ def save_checkpoint(
         trainer_state = {**(trainer_state or {}), "optimizer_param_groups": groups}
     if trainer_state is not None:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    for f in tmp.iterdir():  # make the new files durable before they replace the old ones
+    write_manifest(tmp, (trainer_state or {}).get("step"))
+    return _promote(run_dir, tmp)
+
+
+def write_manifest(ckpt: Path, step: int | None) -> None:
+    """Make the files of ``ckpt`` durable, then declare them complete: ``manifest.json``, the last file written."""
+    (ckpt / MANIFEST).unlink(missing_ok=True)
+    files = {f.name: f.stat().st_size for f in ckpt.iterdir()}
+    for f in ckpt.iterdir():
         with open(f, "rb") as handle:
             os.fsync(handle.fileno())
-    final, old = run_dir / CHECKPOINT, run_dir / ".checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    with open(ckpt / MANIFEST, "w") as handle:
+        handle.write(json.dumps({"step": step, "files": files}, indent=1))
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync_dir(ckpt)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -152,16 +294,19 @@ def load_config(ckpt: Path) -> RunConfig:
 
 
 def load_weights(model: Transformer, path: Path) -> None:
-    if not path.exists():
-        raise DlmError(f"{path} is missing; the checkpoint is incomplete: re-train or restore it")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DlmError(f"{path} is corrupt or truncated ({e}); re-train or restore the checkpoint") from None
-    except RuntimeError as e:  # shapes that do not fit the model built from config.json
-        raise DlmError(f"{path} does not match config.json ({str(e).splitlines()[0]})") from None
-    if missing or unexpected:
-        raise DlmError(f"{path} does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    """Load ``path`` into ``model`` after checking every tensor (``check_tensor``); tied weights are stored once."""
+    tensors = _load_tensors(path)
+    expected = model.state_dict()
+    unexpected = [name for name in tensors if name not in expected]
+    if unexpected:
+        raise DlmError(f"{path} does not match config.json (unexpected tensors {unexpected[:3]})")
+    for name, value in tensors.items():
+        check_tensor(path, name, value, expected[name])
+    loaded = {expected[name].data_ptr() for name in tensors}  # a tied weight is loaded with its twin
+    missing = [name for name, t in expected.items() if name not in tensors and t.data_ptr() not in loaded]
+    if missing:
+        raise DlmError(f"{path} does not match config.json (missing tensors {missing[:3]})")
+    model.load_state_dict(tensors, strict=False)
 
 
 def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):

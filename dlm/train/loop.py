@@ -10,6 +10,11 @@ run resumed from a checkpoint reproduces the uninterrupted run bit for bit (on t
 A step never waits for the device: the losses, metrics and grad norm stay tensors until a log step
 (``train.log_every``) turns them into floats, and under DDP the ranks agree on the time limit only there (one
 all-reduce per log step), so a run that hits ``--time-limit`` stops at the next log step, on every rank together.
+A NaN or infinite loss or gradient is caught there too, and before every save (``dlm.train.guard``).
+
+A run holds the run lock on ``--out`` (``dlm.train.runlock``) from start to end; ``--resume`` first makes the newest
+complete checkpoint ``checkpoint/`` (``dlm.train.checkpoint.recover``) and refuses when there is none, unless
+``--overwrite`` says to start a new run then.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
+import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,8 +42,10 @@ from dlm.objectives import OBJECTIVES
 from dlm.train import checkpoint as ckpt
 from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
+from dlm.train.guard import NonFiniteGuard
 from dlm.train.optim import build_optimizer, lr_at
 from dlm.train.precision import resolve_precision
+from dlm.train.runlock import RunLock
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -71,9 +79,11 @@ class MetricsLog:
             path.write_text("")
 
     def write(self, record: dict) -> None:
+        """Append ``record``; a NaN or infinite value is written as null (JSON has no such numbers)."""
         if self.enabled:
+            record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def train(
@@ -90,23 +100,39 @@ def train(
     step (with a checkpoint), as an interruption would, without changing the LR schedule."""
     out_dir = Path(out_dir)
     cfg.validate()
-    if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
+    with RunLock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # rank 0 writes OUT
+        if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
+            raise DlmError(
+                f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
+                "again, or choose another --out"
+            )
+        info = setup_distributed(device)
+        try:
+            saved = _resumable(out_dir, info, overwrite) if resume else None
+            return _train(cfg, out_dir, info, saved=saved, progress=progress, stop_at=stop_at)
+        finally:
+            teardown(info)
+
+
+def _resumable(out_dir: Path, info: DistInfo, overwrite: bool) -> Path | None:
+    """--resume: the newest complete checkpoint, made ``checkpoint/`` (rank 0; dead runs' leftovers deleted), or
+    None with --overwrite; without it, a one-line error when nothing is complete."""
+    if info.is_main:
+        ckpt.recover(out_dir)
+    barrier(info)
+    saved = ckpt.newest_complete(out_dir)
+    if saved is None and not overwrite:
         raise DlmError(
-            f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
-            "again, or choose another --out"
+            f"--resume: {out_dir} holds no complete checkpoint to resume; drop --resume to start a new run there, "
+            "or add --overwrite to start one whenever there is nothing to resume"
         )
-    info = setup_distributed(device)
-    try:
-        return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
-    finally:
-        teardown(info)
+    if saved is None and info.is_main:
+        tqdm.write(f"--resume --overwrite: no complete checkpoint in {out_dir}, starting a new run")
+    return saved
 
 
-def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progress: bool, stop_at) -> dict:
+def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None, progress: bool, stop_at) -> dict:
     tc = cfg.train
-    saved = ckpt.existing_checkpoint(out_dir) if resume else None
-    if resume and saved is None and info.is_main:
-        tqdm.write(f"--resume: no checkpoint in {out_dir}, starting a new run")
     if saved:
         max_steps, time_limit = tc.max_steps, tc.time_limit_minutes
         cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
@@ -138,7 +164,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     model = Transformer(cfg.model).to(info.device) if initial is None else initial
     optimizer = build_optimizer(model, tc)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
-    step, tokens_seen, elapsed = 0, 0, 0.0
+    step, tokens_seen, elapsed, skipped = 0, 0, 0.0, 0
     if saved:
         state = ckpt.load_trainer_state(saved)
         ckpt.load_weights(model, saved / "model.safetensors")
@@ -150,15 +176,13 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
         if "cuda_rng" in state and info.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt.rng_from_str(state["cuda_rng"]), info.device)
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_seconds"]
+        skipped = state.get("skipped_steps", 0)
     forward = torch.compile(model) if tc.compile else model
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not saved:
-            for old in (ckpt.CHECKPOINT, ".checkpoint.old"):  # --overwrite: drop the old run's weights
-                shutil.rmtree(out_dir / old, ignore_errors=True)
+    if info.is_main and not saved:  # a new run: drop an old run's weights (--overwrite) and dead runs' leftovers
+        ckpt.clear(out_dir)
     log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
     if info.is_main:
         n_params = model.num_parameters()
@@ -169,7 +193,16 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
             f"{cfg.data.seq_len} tokens" + (f", resuming at step {step}" if saved else "")
         )
 
+    guard = NonFiniteGuard(tc.nonfinite, info, skipped)
+    last_saved = {"step": step if saved else None}
+
+    def kept() -> str:  # what the error of a guard says is on disk
+        done = last_saved["step"]
+        return f"{out_dir / ckpt.CHECKPOINT} holds step {done}" if done is not None else "no checkpoint was saved"
+
     def save() -> None:
+        guard.check(kept())
+        guard.check_weights(kept(), model, ema)
         if info.is_main:
             ckpt.save_checkpoint(
                 out_dir,
@@ -182,6 +215,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                     "step": step,
                     "tokens_seen": tokens_seen,
                     "elapsed_seconds": elapsed,
+                    "skipped_steps": guard.skipped,
                     "data": loader.state_dict(),
                     "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
                     **(
@@ -191,10 +225,12 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
                     ),
                 },
             )
+        last_saved["step"] = step
         barrier(info)
 
     def validate() -> float:
         """Validation bound / NLL on the first eval_sequences sequences, logged to metrics.jsonl."""
+        guard.check(kept())
         val = evaluate(
             ema if ema is not None else model,
             objective,
@@ -224,80 +260,94 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, resume: bool, progr
     tokens_per_step = tc.batch_size * tc.grad_accum * info.world_size * cfg.data.seq_len
     # the losses stay on the device until a log step: no host sync per step
     window_loss, window_steps, window_start = torch.zeros((), device=info.device), 0, time.perf_counter()
+    window_taken = 0  # steps of the window whose update was applied (all but nonfinite=skip's skipped ones)
     record: dict = {}
     model.train()
-    while step < end:
-        t0 = time.perf_counter()
-        lr, ratio = lr_at(step, tc), anneal_ratio(step, tc.anneal_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=info.device)
-        for micro in range(tc.grad_accum):
-            # 1. data: this process's share of the global micro-batch
-            x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
-            # 2-4. noise process, model, objective (inside the objective)
-            generator.manual_seed(step_seed(tc.seed, step, micro, info.rank))
-            call = forward
-            if ratio < 1.0:  # attention annealing: causal plus a growing share of later keys
-                anneal_generator.manual_seed(step_seed(tc.seed + 1, step, micro, info.rank))
-                call = AnnealedAttention(forward, ratio, anneal_generator)
-            sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
-            with sync:
-                with autocast():
-                    out = objective.loss(call, x0, generator)
-                (out.loss / tc.grad_accum).backward()
-            step_loss += out.loss.detach() / tc.grad_accum
-        # 5. optimiser step
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.lerp_(p, 1.0 - tc.ema)
-        step += 1
-        tokens_seen += tokens_per_step
-        elapsed += time.perf_counter() - t0
-        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+    try:  # the bar ends its line before an error (guard, data, ...) is printed
+        while step < end:
+            t0 = time.perf_counter()
+            lr, ratio = lr_at(step, tc), anneal_ratio(step, tc.anneal_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=info.device)
+            for micro in range(tc.grad_accum):
+                # 1. data: this process's share of the global micro-batch
+                x0 = loader.next_batch(tc.batch_size * info.world_size)[info.rank :: info.world_size].to(info.device)
+                # 2-4. noise process, model, objective (inside the objective)
+                generator.manual_seed(step_seed(tc.seed, step, micro, info.rank))
+                call = forward
+                if ratio < 1.0:  # attention annealing: causal plus a growing share of later keys
+                    anneal_generator.manual_seed(step_seed(tc.seed + 1, step, micro, info.rank))
+                    call = AnnealedAttention(forward, ratio, anneal_generator)
+                sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
+                with sync:
+                    with autocast():
+                        out = objective.loss(call, x0, generator)
+                    (out.loss / tc.grad_accum).backward()
+                step_loss += out.loss.detach() / tc.grad_accum
+            # 5. optimiser step, unless the loss or the gradients are not finite (guard: recorded on the device)
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf  # (inf: the norm only, the gradients as they are)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            taken = guard.take_step(step + 1, step_loss, grad_norm)
+            if taken:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None and taken:
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), model.parameters()):
+                        p_ema.lerp_(p, 1.0 - tc.ema)
+            step += 1
+            tokens_seen += tokens_per_step
+            elapsed += time.perf_counter() - t0
+            window_steps += 1
+            if taken:
+                window_loss, window_taken = window_loss + step_loss, window_taken + 1
 
-        logged = step % tc.log_every == 0 or step == end
-        if logged:  # the one host sync of the window: the loss, the grad norm and the metrics become floats
-            loss = window_loss.item() / window_steps  # waits for the device, so the window's time is all in
-            window_time = time.perf_counter() - window_start
-            record = {
-                "step": step,
-                "loss": loss,
-                "lr": lr,
-                "tokens_per_sec": window_steps * tokens_per_step / window_time,
-                "tokens_seen": tokens_seen,
-                "elapsed_seconds": round(elapsed, 3),
-            }
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            if tc.anneal_steps:
-                record["attention_anneal"] = ratio
-            record.update({name: float(value) for name, value in out.metrics.items()})
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
-            window_loss, window_steps, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
-        bar.update(1)
-        out_of_time = False
-        if tc.time_limit_minutes > 0 and (logged or not info.enabled):
-            out_of_time = elapsed - elapsed_at_start > 60 * tc.time_limit_minutes  # this invocation's time
-            if info.enabled:  # every rank must stop at the same step: they agree at log steps, not every step
-                flag = torch.tensor(float(out_of_time), device=info.device)
-                out_of_time = bool(all_reduce_max(flag, info).item())
-        if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
-            val = validate()
-            if info.is_main:
-                bar.write(f"step {step}: validation {val:.4f} nats/token" + (" (bound)" if objective.is_bound else ""))
-        if tc.save_every and step % tc.save_every == 0 and step < end:
-            save()
-        if out_of_time:
-            if info.is_main:
-                bar.write(f"time limit of {tc.time_limit_minutes} minutes reached at step {step}")
-            break
-    bar.close()
+            logged = step % tc.log_every == 0 or step == end
+            if logged:  # the one host sync of the window: the loss, the grad norm and the metrics become floats
+                # .item() waits for the device, so the window's time is all in (nan: every step skipped)
+                loss = window_loss.item() / window_taken if window_taken else math.nan
+                window_time = time.perf_counter() - window_start
+                record = {
+                    "step": step,
+                    "loss": loss,
+                    "lr": lr,
+                    "tokens_per_sec": window_steps * tokens_per_step / window_time,
+                    "tokens_seen": tokens_seen,
+                    "elapsed_seconds": round(elapsed, 3),
+                }
+                if tc.grad_clip > 0:
+                    record["grad_norm"] = float(grad_norm)
+                if tc.nonfinite == "skip":
+                    record["skipped_steps"] = guard.skipped
+                if tc.anneal_steps:
+                    record["attention_anneal"] = ratio
+                record.update({name: float(value) for name, value in out.metrics.items()})
+                log.write(record)
+                guard.check(kept(), window_steps=window_steps, window_taken=window_taken)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}", lr=f"{lr:.1e}")
+                window_loss, window_steps, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
+                window_taken = 0
+            bar.update(1)
+            out_of_time = False
+            if tc.time_limit_minutes > 0 and (logged or not info.enabled):
+                out_of_time = elapsed - elapsed_at_start > 60 * tc.time_limit_minutes  # this invocation's time
+                if info.enabled:  # every rank must stop at the same step: they agree at log steps, not every step
+                    flag = torch.tensor(float(out_of_time), device=info.device)
+                    out_of_time = bool(all_reduce_max(flag, info).item())
+            if tc.eval_every and step % tc.eval_every == 0 and step < end and not out_of_time:
+                val = validate()
+                if info.is_main:
+                    bound = " (bound)" if objective.is_bound else ""
+                    bar.write(f"step {step}: validation {val:.4f} nats/token{bound}")
+            if tc.save_every and step % tc.save_every == 0 and step < end:
+                save()
+            if out_of_time:
+                if info.is_main:
+                    bar.write(f"time limit of {tc.time_limit_minutes} minutes reached at step {step}")
+                break
+    finally:
+        bar.close()
     val = validate()
     record = {**record, "step": step, "val_nats_per_token": val}
     save()
