@@ -91,6 +91,7 @@ class TrainConfig:
     #                                  at a log step); 0 = no limit; --resume continues
     init: str | None = None  # start from this model (dlm.load's paths): adaptation, see dlm.train.adapt
     anneal_steps: int = 0  # anneal the attention from causal to full over the first K steps (DiffuLLaMA); 0 = off
+    log: str = ""  # trackers beside metrics.jsonl: "tensorboard", "wandb" or both, comma-separated (dlm.train.tracking)
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run (nothing bad is saved) or "skip" the step
     #                          (counted in metrics.jsonl as skipped_steps; one host sync per step), dlm.train.guard
 
@@ -200,6 +201,9 @@ class RunConfig:
             raise DlmError(f"train.anneal_steps must be >= 0 (0 = off), got {self.train.anneal_steps}")
         if self.train.anneal_steps and self.train.objective == "ar":
             raise DlmError("train.anneal_steps anneals causal attention to full: it applies to diffusion objectives")
+        from dlm.train.tracking import parse_trackers
+
+        parse_trackers(self.train.log)  # an unknown tracker lists the valid ones
         if self.train.nonfinite not in ("stop", "skip"):
             raise DlmError(f"unknown train.nonfinite {self.train.nonfinite!r}; choose one of: stop, skip")
         if not 0.0 < self.data.val_fraction < 1.0:

@@ -88,6 +88,12 @@ def train(
         0, "--anneal-steps", help="Anneal the attention from causal to full over the first K steps (DiffuLLaMA)."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Device (default: cuda when there is one, or cpu)."),
+    log: Optional[List[str]] = typer.Option(
+        None,
+        "--log",
+        help="Also log to tensorboard (OUT/tensorboard) or wandb (offline under OUT/wandb unless W&B is configured); "
+        "repeatable; the extras dlm[tensorboard] / dlm[wandb].",
+    ),
 ) -> None:
     """Train a model. Example: dlm train --preset tiny --objective mdlm --max-steps 40 --out runs/tiny
 
@@ -104,7 +110,7 @@ def train(
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
     cfg.data.name, cfg.data.tokenizer = data, tokenizer
-    cfg.train.anneal_steps = anneal_steps
+    cfg.train.anneal_steps, cfg.train.log = anneal_steps, ",".join(log or [])
     if init is not None:
         from dlm.train.adapt import init_config
 

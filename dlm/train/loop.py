@@ -46,6 +46,7 @@ from dlm.train.guard import NonFiniteGuard
 from dlm.train.optim import build_optimizer, lr_at
 from dlm.train.precision import resolve_precision
 from dlm.train.runlock import RunLock
+from dlm.train.tracking import open_trackers, parse_trackers
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -68,10 +69,11 @@ def _logged_step(line: str) -> float:
 
 
 class MetricsLog:
-    """``OUT/metrics.jsonl``: one JSON object per logged step (rank 0 only)."""
+    """``OUT/metrics.jsonl``: one JSON object per logged step (rank 0 only), and the same records to the trackers
+    (``--log``, dlm.train.tracking)."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None, trackers: list | None = None):
+        self.path, self.enabled, self.trackers = path, enabled, trackers or []
         if enabled and resume_step is not None and path.exists():  # drop lines logged after the checkpoint
             kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
@@ -84,6 +86,13 @@ class MetricsLog:
             record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
             with self.path.open("a") as f:
                 f.write(json.dumps(record, allow_nan=False) + "\n")
+            for tracker in self.trackers:
+                tracker.write(record)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def train(
@@ -134,9 +143,9 @@ def _resumable(out_dir: Path, info: DistInfo, overwrite: bool) -> Path | None:
 def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None, progress: bool, stop_at) -> dict:
     tc = cfg.train
     if saved:
-        max_steps, time_limit = tc.max_steps, tc.time_limit_minutes
-        cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs
-        cfg.train.max_steps, cfg.train.time_limit_minutes = max_steps, time_limit
+        max_steps, time_limit, trackers = tc.max_steps, tc.time_limit_minutes, tc.log
+        cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs and --log
+        cfg.train.max_steps, cfg.train.time_limit_minutes, cfg.train.log = max_steps, time_limit, trackers
         tc = cfg.train
     OBJECTIVES.get(tc.objective).configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, ...
     precision, why = resolve_precision(tc.precision, info.device, cfg.model.d_model, cfg.model.d_ff)
@@ -183,7 +192,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
 
     if info.is_main and not saved:  # a new run: drop an old run's weights (--overwrite) and dead runs' leftovers
         ckpt.clear(out_dir)
-    log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None)
+    trackers = open_trackers(parse_trackers(tc.log), out_dir, cfg, step if saved else None) if info.is_main else []
+    log = MetricsLog(out_dir / "metrics.jsonl", info.is_main, step if saved else None, trackers)
     if info.is_main:
         n_params = model.num_parameters()
         tqdm.write(
@@ -351,6 +361,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
     val = validate()
     record = {**record, "step": step, "val_nats_per_token": val}
     save()
+    log.close()
     if info.is_main:
         tqdm.write(
             f"done: step {step}, validation {'<= ' if objective.is_bound else ''}{val:.4f} nats/token; "
