@@ -94,6 +94,20 @@ class TrainConfig:
     log: str = ""  # trackers beside metrics.jsonl: "tensorboard", "wandb" or both, comma-separated (dlm.train.tracking)
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run (nothing bad is saved) or "skip" the step
     #                          (counted in metrics.jsonl as skipped_steps; one host sync per step), dlm.train.guard
+    lora_rank: int = 0  # > 0: train low-rank adapters of this rank on the attention and MLP projections only
+    #                     (dlm.train.lora; merged into model.safetensors); needs train.init (--init / dlm sft)
+    lora_alpha: float = 0.0  # the adapters' scale is lora_alpha / lora_rank (0: lora_rank, a scale of 1)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning (``dlm sft``, ``dlm.train.sft``); unused by ``dlm train``."""
+
+    data: str = ""  # the JSONL file of records {"messages": [...]} or {"prompt": ..., "response": ...}
+    template: str = "chat"  # "chat": the tokenizer's chat template (dlm.data.chat); "raw": prompt + response as is
+    cond_dropout: float = 0.0  # probability of dropping a row's prompt (all masks): an unconditional model for CFG
+    max_len: int = 0  # tokens per example at most, longer ones are left out (0: the model's context)
+    pad_to: int = 64  # EOS-pad every response to this many tokens (mdlm; within max_len): the canvas of an answer
 
 
 FORMAT_VERSION = 2  # of config.json; 1 (no format_version): the objective's options were fields of train
@@ -122,6 +136,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: dict[str, Any] = field(default_factory=dict)  # options of train.objective (module docstring)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # dlm sft's settings
 
     def objective_config(self):
         """The options of ``train.objective`` as its ``Config`` dataclass (defaults for those not given);
@@ -206,6 +221,18 @@ class RunConfig:
         parse_trackers(self.train.log)  # an unknown tracker lists the valid ones
         if self.train.nonfinite not in ("stop", "skip"):
             raise DlmError(f"unknown train.nonfinite {self.train.nonfinite!r}; choose one of: stop, skip")
+        if self.train.lora_rank < 0 or self.train.lora_alpha < 0:
+            raise DlmError("train.lora_rank and train.lora_alpha must be >= 0 (lora_rank 0: no adapters)")
+        if self.train.lora_rank and self.train.ema > 0:
+            raise DlmError("train.ema does not apply with train.lora_rank (only the adapters train); drop one")
+        if self.train.lora_rank and not self.train.init:
+            raise DlmError("train.lora_rank adapts a pretrained model: give the model to adapt with --init")
+        if not 0.0 <= self.sft.cond_dropout <= 1.0:
+            raise DlmError(f"sft.cond_dropout must be in [0, 1], got {self.sft.cond_dropout}")
+        if self.sft.template not in ("chat", "raw"):
+            raise DlmError(f"unknown sft.template {self.sft.template!r}; choose one of: chat, raw")
+        if self.sft.max_len < 0 or self.sft.pad_to < 0:
+            raise DlmError("sft.max_len and sft.pad_to must be >= 0 (max_len 0: the model's context)")
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self
@@ -313,8 +340,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise DlmError(f"override {item!r} must look like section.key=value, e.g. model.d_model=256")
         path, text = item.split("=", 1)
         parts = path.strip().split(".")
-        if len(parts) != 2 or parts[0] not in ("data", "model", "train", "objective"):
-            raise DlmError(f"override key {path!r} must be data.KEY, model.KEY, train.KEY or objective.KEY")
+        if len(parts) != 2 or parts[0] not in ("data", "model", "train", "objective", "sft"):
+            raise DlmError(f"override key {path!r} must be data.KEY, model.KEY, train.KEY, objective.KEY or sft.KEY")
         if parts[0] == "objective":
             fields = _option_fields(cfg.train.objective)
             if parts[1] not in fields:

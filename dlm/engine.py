@@ -16,6 +16,9 @@ own), so a prompt's sample does not depend on the batch it runs in.
 ``text`` (``[MASK]`` one token, ``[MASK*N]`` N tokens) filled with everything else fixed, by a sampler that reads
 both sides (``dlm.infill``). ``edit(text, *, spans=None, rounds=1, below=None, remask_k=None, **options) ->
 EditResult``: Instant Edit, the named spans or the least likely tokens re-masked and regenerated (``dlm.edit``).
+``chat(messages, sampler=None, seed=0, on_step=None, *, gen_length=64, stop=(), **options) -> ChatResult``: the
+assistant's answer to a conversation, rendered by the tokenizer's chat template, the oldest turns dropped when it
+outgrows the context (``dlm.chat``).
 """
 
 from __future__ import annotations
@@ -196,6 +199,13 @@ class Engine:
         from dlm.infill import infill_ids
 
         return infill_ids(self, pieces, hole_lengths, sampler, seed, on_step, **options)
+
+    def chat(self, messages: list[dict], sampler: str | None = None, seed: int = 0, on_step=None, **options):
+        """The assistant's answer to a conversation [{role, content}, ...]: a ``ChatResult`` (see ``dlm.chat``).
+        Options: ``gen_length``, ``stop`` (strings), and the sampler's own."""
+        from dlm.chat import chat
+
+        return chat(self, messages, sampler, seed, on_step, **options)
 
     def edit(self, text: str, sampler: str | None = None, seed: int = 0, **options):
         """Instant Edit of ``text``: an ``EditResult`` (see ``dlm.edit``). Options: ``spans`` ((start, end)

@@ -1,4 +1,4 @@
-"""The ``dlm`` command: train, eval, sample, infill, edit, export, demo, bench, serve; ``dlm COMMAND --help``.
+"""The ``dlm`` command: train, sft, eval, sample, chat, infill, edit, export, demo, bench, serve (``--help``).
 
 A thin package, one module per verb; each parses flags into configs and calls the library (``dlm.Engine``,
 ``dlm.train.loop.train``, ``dlm.eval``). ``python -m dlm.cli`` runs it too.
@@ -11,7 +11,7 @@ import sys
 import typer
 
 # isort: off
-from dlm.cli import train, evaluate, sample, infill, edit, export, demo, bench, serve  # noqa: F401  (each registers its command, in this order)
+from dlm.cli import train, sft, evaluate, sample, chat, infill, edit, export, demo, bench, serve  # noqa: F401  (each registers its command, in this order)
 
 # isort: on
 from dlm.cli.app import app

@@ -33,8 +33,8 @@ def objective_option():
     )
 
 
-# --- sampler options shared by the verbs that run a sampler (dlm sample, infill, edit); each defaults to None, "not
-# given", so that only what the user sets reaches the sampler's config (an option it does not take is an error)
+# --- sampler options shared by the verbs that run a sampler (dlm sample, infill, edit, chat); each defaults to None,
+# "not given", so that only what the user sets reaches the sampler's config (an option it does not take is an error)
 
 
 def steps_option():
@@ -74,6 +74,12 @@ def remasking_option():
 
 def threshold_option():
     return typer.Option(None, help="confidence: commit every position with confidence >= T each step (Fast-dLLM).")
+
+
+def cfg_scale_option():
+    return typer.Option(
+        None, "--cfg-scale", help="confidence: classifier-free guidance s >= 0, cond + s (cond - uncond) (default 0)."
+    )
 
 
 def given(**options) -> dict:

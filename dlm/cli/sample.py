@@ -11,6 +11,7 @@ from dlm.cli.app import (
     MODEL_HELP,
     app,
     block_length_option,
+    cfg_scale_option,
     device_option,
     dtype_option,
     given,
@@ -55,9 +56,7 @@ def sample(
     refresh_every: Optional[int] = typer.Option(
         None, "--refresh-every", help="confidence with --cache: also refresh the cache every N steps in a block."
     ),
-    cfg_scale: Optional[float] = typer.Option(
-        None, "--cfg-scale", help="confidence: classifier-free guidance s >= 0, cond + s (cond - uncond) (default 0)."
-    ),
+    cfg_scale: Optional[float] = cfg_scale_option(),
     stop_at_eos: bool = typer.Option(
         True,
         "--stop-at-eos/--no-stop-at-eos",

@@ -84,6 +84,12 @@ def train(
         "(--set model.logits_shift=false: unshifted). The preset then sets only the training hyper-parameters; "
         f"the learning rate defaults to {INIT_LR:g}.",
     ),
+    lora: int = typer.Option(
+        0,
+        "--lora",
+        help="With --init: train rank-R adapters on the attention and MLP projections only (dlm.train.lora); the "
+        "checkpoint holds the merged weights, adapter.safetensors the adapters (for --resume).",
+    ),
     anneal_steps: int = typer.Option(
         0, "--anneal-steps", help="Anneal the attention from causal to full over the first K steps (DiffuLLaMA)."
     ),
@@ -110,7 +116,7 @@ def train(
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
     cfg.data.name, cfg.data.tokenizer = data, tokenizer
-    cfg.train.anneal_steps, cfg.train.log = anneal_steps, ",".join(log or [])
+    cfg.train.anneal_steps, cfg.train.log, cfg.train.lora_rank = anneal_steps, ",".join(log or []), lora
     if init is not None:
         from dlm.train.adapt import init_config
 

@@ -16,15 +16,11 @@ import dataclasses
 import secrets
 from dataclasses import dataclass
 
+from dlm.data.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplateError  # noqa: F401 (DEFAULT_CHAT_TEMPLATE: re-exported)
+from dlm.data.chat import render_chat as render_conversation
 from dlm.errors import DlmError
 from dlm.samplers import SAMPLERS, num_blocks_to_generate, user_fields
 
-# The chat template of a tokenizer that has none (a model trained by dlm): one "Role: content" line per message,
-# then "Assistant:" for the answer.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
 COMMON = ("model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options", "user", "dlm")
 NEUTRAL = {  # OpenAI fields dlm does not implement, accepted at their neutral values only
     "presence_penalty": (None, 0, 0.0),
@@ -306,23 +302,11 @@ def messages(value) -> list[dict]:
 
 def render_chat(tok, messages: list[dict]) -> str:
     """The prompt text of a conversation, by the tokenizer's chat template (``DEFAULT_CHAT_TEMPLATE`` when it has
-    none), with the assistant's turn opened."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise ApiError(f"the model's chat template refused the conversation: {message}", param="messages")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    special = lambda i: "" if i is None else tok.decode([i], skip_special_tokens=False)  # noqa: E731
+    none), with the assistant's turn opened (``dlm.data.chat.render_chat``); a template error is a 400."""
     try:
-        template = env.from_string(tok.chat_template or DEFAULT_CHAT_TEMPLATE)
-        return template.render(
-            messages=messages, add_generation_prompt=True, bos_token=special(tok.bos_id), eos_token=special(tok.eos_id)
-        )
-    except TemplateError as e:
-        raise ApiError(f"the model's chat template failed on these messages: {e}", param="messages") from None
+        return render_conversation(tok, messages)
+    except ChatTemplateError as e:
+        raise ApiError(str(e), param="messages") from None
 
 
 def stop_strings(stop) -> tuple[str, ...]:

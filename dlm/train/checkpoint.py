@@ -240,7 +240,9 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     trainer_state: dict | None = None,
     ema_model: Transformer | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
+    """Write the checkpoint atomically; ``extra_tensors``: more safetensors files, by file name (LoRA's adapters)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f"{TMP_PREFIX}{os.getpid()}"
@@ -249,6 +251,8 @@ def save_checkpoint(
     save_model(model, str(tmp / "model.safetensors"))
     if ema_model is not None:
         save_model(ema_model, str(tmp / "ema.safetensors"))
+    for name, tensors in (extra_tensors or {}).items():
+        save_file(tensors, str(tmp / name))
     (tmp / "config.json").write_text(config.to_json())
     tokenizer.save(tmp / "tokenizer.json")
     if optimizer is not None:

@@ -43,6 +43,7 @@ from dlm.train import checkpoint as ckpt
 from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.guard import NonFiniteGuard
+from dlm.train.lora import ADAPTER_FILE, LoRA, load_adapter
 from dlm.train.optim import build_optimizer, lr_at
 from dlm.train.precision import resolve_precision
 from dlm.train.runlock import RunLock
@@ -159,8 +160,9 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
     # data: tokenizer (trained on the training split, or the checkpoint's), packed train / validation sequences
     tokenizer = load_tokenizer(saved / "tokenizer.json") if saved else None
     initial = None
-    if tc.init and not saved:  # adaptation: the source's weights and tokenizer (a mask token added if needed)
-        initial, tokenizer = init_model(cfg, info.device)
+    if tc.init and (not saved or tc.lora_rank):  # adaptation: the source's weights and tokenizer (a mask token
+        initial, source_tokenizer = init_model(cfg, info.device)  # added if needed); LoRA resumes on that base
+        tokenizer = tokenizer or source_tokenizer
     tokenizer, train_set, val_set = load_packed(cfg.data, tokenizer)
     if not tc.init:
         cfg.model.vocab_size = tokenizer.vocab_size
@@ -171,12 +173,17 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
 
     # model, optimiser, optional EMA and compile / DDP wrappers
     model = Transformer(cfg.model).to(info.device) if initial is None else initial
-    optimizer = build_optimizer(model, tc)
+    lora = LoRA(model, tc.lora_rank, tc.lora_alpha, seed=tc.seed) if tc.lora_rank else None  # freezes the model
+    trained = model if lora is None else lora  # what the optimiser updates
+    optimizer = build_optimizer(trained, tc)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     step, tokens_seen, elapsed, skipped = 0, 0, 0.0, 0
     if saved:
         state = ckpt.load_trainer_state(saved)
-        ckpt.load_weights(model, saved / "model.safetensors")
+        if lora is None:
+            ckpt.load_weights(model, saved / "model.safetensors")
+        else:  # model.safetensors is merged; the adapters go back on the frozen source
+            lora.load_adapter_tensors(load_adapter(saved))
         if ema is not None:
             ckpt.load_weights(ema, saved / "ema.safetensors")
         ckpt.load_optimizer(optimizer, saved, state["optimizer_param_groups"])
@@ -216,11 +223,12 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
         if info.is_main:
             ckpt.save_checkpoint(
                 out_dir,
-                model=model,
+                model=model if lora is None else lora.merged_model(),  # LoRA: the adapted weights, plain
                 tokenizer=tokenizer,
                 config=cfg,
                 optimizer=optimizer,
                 ema_model=ema,
+                extra_tensors=None if lora is None else {ADAPTER_FILE: lora.adapter_tensors()},
                 trainer_state={
                     "step": step,
                     "tokens_seen": tokens_seen,
@@ -297,7 +305,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
                 step_loss += out.loss.detach() / tc.grad_accum
             # 5. optimiser step, unless the loss or the gradients are not finite (guard: recorded on the device)
             max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf  # (inf: the norm only, the gradients as they are)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), max_norm)
             taken = guard.take_step(step + 1, step_loss, grad_norm)
             if taken:
                 optimizer.step()
