@@ -5,51 +5,20 @@ batching queue in this process (queue limit, timeout, a client that leaves)."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serving import dlm_serve, tiny_run  # noqa: E402
+
 KEY = "test-key"
-LINES = [
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of "
-    "a wife.",
-    "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, seemed to unite some "
-    "of the best blessings of existence.",
-    "The family of Dashwood had long been settled in Sussex.",
-]
 SMALL = {"steps": 8, "block_length": 4}  # 16 tokens in 4 blocks: the committed prefix grows block by block
-
-
-def tiny_run(path):
-    """A random 2-layer masked-diffusion model with a 320-token BPE, saved as a dlm run directory."""
-    from dlm.config import ModelConfig, RunConfig, TrainConfig
-    from dlm.data.tokenizer import train_tokenizer
-    from dlm.models.transformer import Transformer
-    from dlm.train.checkpoint import save_checkpoint
-
-    tokenizer = train_tokenizer(LINES * 4, vocab_size=320)
-    torch.manual_seed(0)
-    mc = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=96)
-    config = RunConfig(preset="tiny", model=mc, train=TrainConfig(objective="mdlm"))
-    save_checkpoint(path, model=Transformer(mc).eval(), tokenizer=tokenizer, config=config)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,31 +29,10 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
     """The base URL of ``dlm serve`` on the tiny run; SIGTERM at the end must stop it cleanly (exit 0)."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve-log") / "server.log"
-    args = [sys.executable, "-m", "dlm.cli", "serve", str(run_dir), "--port", str(port), "--name", "tiny"]
-    args += ["--dtype", "fp64", "--api-key", KEY, "--batch-window", "0.3", "--max-tokens", "64"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise AssertionError(f"dlm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"dlm serve did not come up:\n{log.read_text()[-3000:]}")
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    args = ["--name", "tiny", "--dtype", "fp64", "--api-key", KEY, "--batch-window", "0.3", "--max-tokens", "64"]
+    with dlm_serve(run_dir, log, *args) as url:
         yield url
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
-        assert "dlm serve: stopped" in log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
