@@ -151,3 +151,23 @@ def test_chat_keeps_the_conversation(page):
     assert turns[2].text == "User: And then?" and run["frames"][-1]["final"]
     sent = page.execute_script("return window.dlmPlayground.request.messages")
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]  # the conversation went with the question
+
+
+def test_infill_and_edit_modes(page):
+    page.find_element("css selector", "#modes button[data-mode=infill]").click()
+    fill(page, prompt="It is a truth [MASK*4] acknowledged", steps=4, block_length="", seed=1)
+    generate(page)
+    assert page.find_element("id", "error").text == ""
+    fills = page.find_elements("css selector", "#canvas .fill")
+    result = page.execute_script("return window.dlmPlayground.result")
+    assert [f.text for f in fills] == [f.strip() for f in result["fills"]] and len(fills) == 1
+    assert page.find_element("id", "final").text == result["text"].strip()
+
+    page.find_element("css selector", "#modes button[data-mode=edit]").click()
+    fill(page, prompt="It is a truth universally acknowledged")
+    page.execute_script("document.getElementById('prompt').setSelectionRange(8, 13)")  # select "truth"
+    generate(page)
+    assert page.find_element("id", "error").text == ""
+    assert page.execute_script("return window.dlmPlayground.request.spans") == [[8, 13]]
+    result = page.execute_script("return window.dlmPlayground.result")
+    assert result["positions"] and page.find_element("id", "final").text == result["text"].strip()

@@ -314,3 +314,60 @@ def test_chat_prompts_use_the_tokenizer_template_or_the_default(engine):
             render_chat(tok, chat)
     finally:
         tok.chat_template = None
+
+
+# --- infill and edit (POST /v1/dlm/infill, POST /v1/dlm/edit) -------------------------------------------------
+
+HOLED = "It is a truth [MASK*4] acknowledged, that a single man"
+
+
+def test_infill_fills_the_holes_as_the_engine_does(server, engine):
+    body = {"model": "tiny", "text": HOLED, "seed": 3, "dlm": {"steps": 4}}
+    r = post(server, "/v1/dlm/infill", body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    expected = engine.infill(HOLED, seed=3, steps=4)
+    assert out["object"] == "dlm.infill" and out["text"] == expected.text and out["fills"] == expected.fills
+    assert out["holes"] == [list(h) for h in expected.holes] and out["holes"][0][1] - out["holes"][0][0] == 4
+    assert out["text"].startswith("It is a truth") and out["text"].endswith(" acknowledged, that a single man")
+    assert out["dlm"]["seed"] == 3 and out["dlm"]["sampler"] == "confidence" and out["dlm"]["nfe"] == expected.nfe
+    assert out["usage"]["completion_tokens"] == 4
+    searched = post(server, "/v1/dlm/infill", {**body, "lengths": [2, 3], "nelbo_samples": 2}).json()
+    assert [set(table) for table in searched["nelbo"]] == [{"2", "3"}]
+    assert searched["holes"][0][1] - searched["holes"][0][0] in (2, 3)
+
+
+def test_edit_regenerates_the_named_span_or_the_least_likely_tokens(server, engine):
+    text = "It is a truth universally acknowledged"
+    r = post(server, "/v1/dlm/edit", {"model": "tiny", "text": text, "spans": [[8, 13]], "seed": 1})
+    assert r.status_code == 200, r.text
+    out, expected = r.json(), engine.edit(text, seed=1, spans=[(8, 13)])
+    assert out["object"] == "dlm.edit" and out["text"] == expected.text and out["original"] == expected.original
+    assert out["positions"] == expected.positions and out["diff"] == expected.diff and out["positions"]
+    scored = post(server, "/v1/dlm/edit", {"model": "tiny", "text": text, "remask_k": 2, "rounds": 2}).json()
+    assert len(scored["rounds"]) == 2 and all(len(r) == 2 for r in scored["rounds"])
+
+
+@pytest.mark.parametrize(
+    "path, body, status, param",
+    [
+        ("infill", {"text": "no holes here"}, 400, "text"),
+        ("infill", {"text": "a [MASK*0] b"}, 400, "text"),
+        ("infill", {"text": "a [MASK] b", "dlm": {"sampler": "ar"}}, 400, "dlm.sampler"),
+        ("infill", {"text": "a [MASK] b", "dlm": {"stream_denoising": True}}, 400, "dlm"),
+        ("infill", {"text": "a [MASK*90] b"}, 400, "text"),
+        ("infill", {"text": "a [MASK] b", "lengths": [0]}, 400, "lengths"),
+        ("infill", {"text": "a [MASK] b", "nelbo_samples": 2}, 400, "nelbo_samples"),
+        ("infill", {"text": "a [MASK] b", "prompt": "x"}, 400, "prompt"),
+        ("edit", {"text": "abc", "spans": [[2, 9]]}, 400, "spans"),
+        ("edit", {"text": "abc", "below": 0.1, "remask_k": 1}, 400, "below"),
+        ("edit", {"text": "abc", "rounds": 0}, 400, "rounds"),
+        ("edit", {"text": ""}, 400, "text"),
+        ("edit", {"text": "abc", "model": "other"}, 404, "model"),
+    ],
+)
+def test_bad_infill_and_edit_requests_get_an_openai_error(server, path, body, status, param):
+    r = post(server, f"/v1/dlm/{path}", {"model": "tiny", **body})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
+    assert post(server, f"/v1/dlm/{path}", {"model": "tiny", **body}, key=None).status_code == 401

@@ -28,6 +28,7 @@ from dlm.errors import DlmError
 from dlm.samplers import user_fields
 from dlm.serve.batcher import Batcher, Ticket
 from dlm.serve.requests import ApiError, Job, Limits, parse
+from dlm.serve.verbs import parse_task
 
 log = logging.getLogger("dlm.serve")
 OBJECT = {"completion": "text_completion", "chat": "chat.completion"}
@@ -73,7 +74,7 @@ def create_app(
         if e.status_code == 404:
             message += (
                 "; this server has GET / (the playground), POST /v1/completions, POST /v1/chat/completions, "
-                "GET /v1/models, GET /health"
+                "POST /v1/dlm/infill, POST /v1/dlm/edit, GET /v1/models, GET /health"
             )
         return await api_error(request, ApiError(message, status=e.status_code))
 
@@ -140,6 +141,42 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await generate(request, "chat")
+
+    @app.post("/v1/dlm/infill")
+    async def infill(request: Request):
+        return await task(request, "infill")
+
+    @app.post("/v1/dlm/edit")
+    async def edit(request: Request):
+        return await task(request, "edit")
+
+    async def task(request: Request, kind: str):
+        """An infill or edit: queued like a completion, answered with its result (no streaming)."""
+        authorize(request)
+        job = parse_task(kind, await json_body(request), engine, model_id, limits)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        ticket = batcher.submit(job, lambda event: loop.call_soon_threadsafe(events.put_nowait, event), timeout)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        logline(request, ticket, 499, "client disconnected")
+                        return JSONResponse({}, 499)
+                    continue
+                if event["type"] == "error":
+                    raise event["error"]
+                if event["type"] == "done":
+                    result = dict(event["result"])
+                    tokens, nfe, seconds = result.pop("completion_tokens"), result.pop("nfe"), result.pop("seconds")
+                    logline(request, ticket, 200, f"tokens={tokens} nfe={nfe}")
+                    body = {"id": f"{kind}-{ticket.id}", "object": f"dlm.{kind}", "created": int(time.time())}
+                    body.update(model=model_id, **result, usage={"completion_tokens": tokens})
+                    body["dlm"] = {**job.settings(), "nfe": nfe, "seconds": round(seconds, 4), "batch_rows": 1}
+                    return body
+        finally:
+            batcher.cancel(ticket)
 
     async def generate(request: Request, kind: str):
         authorize(request)
