@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv bench-deps clean
+.PHONY: demo test venv browser bench-deps clean
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,18 @@ $(VENV)/.smollm2: $(VENV)/.installed
 demo: venv $(VENV)/.smollm2
 	$(BIN)/dlm demo
 
-test: venv
+# The playground test's browser (tests/test_playground.py skips without it): Debian's chromium and chromedriver,
+# installed with apt-get when missing and we are root; otherwise, or if apt-get fails, nothing happens
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver for tests/test_playground.py"; \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+		echo "apt-get could not install chromium; tests/test_playground.py will skip"; \
+	else echo "no chromium + chromedriver (not root, or no apt-get): tests/test_playground.py will skip"; fi
+
+test: venv browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -5,51 +5,20 @@ batching queue in this process (queue limit, timeout, a client that leaves)."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serving import dlm_serve, tiny_run  # noqa: E402
+
 KEY = "test-key"
-LINES = [
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of "
-    "a wife.",
-    "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, seemed to unite some "
-    "of the best blessings of existence.",
-    "The family of Dashwood had long been settled in Sussex.",
-]
 SMALL = {"steps": 8, "block_length": 4}  # 16 tokens in 4 blocks: the committed prefix grows block by block
-
-
-def tiny_run(path):
-    """A random 2-layer masked-diffusion model with a 320-token BPE, saved as a dlm run directory."""
-    from dlm.config import ModelConfig, RunConfig, TrainConfig
-    from dlm.data.tokenizer import train_tokenizer
-    from dlm.models.transformer import Transformer
-    from dlm.train.checkpoint import save_checkpoint
-
-    tokenizer = train_tokenizer(LINES * 4, vocab_size=320)
-    torch.manual_seed(0)
-    mc = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=96)
-    config = RunConfig(preset="tiny", model=mc, train=TrainConfig(objective="mdlm"))
-    save_checkpoint(path, model=Transformer(mc).eval(), tokenizer=tokenizer, config=config)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,31 +29,10 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
     """The base URL of ``dlm serve`` on the tiny run; SIGTERM at the end must stop it cleanly (exit 0)."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve-log") / "server.log"
-    args = [sys.executable, "-m", "dlm.cli", "serve", str(run_dir), "--port", str(port), "--name", "tiny"]
-    args += ["--dtype", "fp64", "--api-key", KEY, "--batch-window", "0.3", "--max-tokens", "64"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise AssertionError(f"dlm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"dlm serve did not come up:\n{log.read_text()[-3000:]}")
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    args = ["--name", "tiny", "--dtype", "fp64", "--api-key", KEY, "--batch-window", "0.3", "--max-tokens", "64"]
+    with dlm_serve(run_dir, log, *args) as url:
         yield url
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
-        assert "dlm serve: stopped" in log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -366,3 +314,60 @@ def test_chat_prompts_use_the_tokenizer_template_or_the_default(engine):
             render_chat(tok, chat)
     finally:
         tok.chat_template = None
+
+
+# --- infill and edit (POST /v1/dlm/infill, POST /v1/dlm/edit) -------------------------------------------------
+
+HOLED = "It is a truth [MASK*4] acknowledged, that a single man"
+
+
+def test_infill_fills_the_holes_as_the_engine_does(server, engine):
+    body = {"model": "tiny", "text": HOLED, "seed": 3, "dlm": {"steps": 4}}
+    r = post(server, "/v1/dlm/infill", body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    expected = engine.infill(HOLED, seed=3, steps=4)
+    assert out["object"] == "dlm.infill" and out["text"] == expected.text and out["fills"] == expected.fills
+    assert out["holes"] == [list(h) for h in expected.holes] and out["holes"][0][1] - out["holes"][0][0] == 4
+    assert out["text"].startswith("It is a truth") and out["text"].endswith(" acknowledged, that a single man")
+    assert out["dlm"]["seed"] == 3 and out["dlm"]["sampler"] == "confidence" and out["dlm"]["nfe"] == expected.nfe
+    assert out["usage"]["completion_tokens"] == 4
+    searched = post(server, "/v1/dlm/infill", {**body, "lengths": [2, 3], "nelbo_samples": 2}).json()
+    assert [set(table) for table in searched["nelbo"]] == [{"2", "3"}]
+    assert searched["holes"][0][1] - searched["holes"][0][0] in (2, 3)
+
+
+def test_edit_regenerates_the_named_span_or_the_least_likely_tokens(server, engine):
+    text = "It is a truth universally acknowledged"
+    r = post(server, "/v1/dlm/edit", {"model": "tiny", "text": text, "spans": [[8, 13]], "seed": 1})
+    assert r.status_code == 200, r.text
+    out, expected = r.json(), engine.edit(text, seed=1, spans=[(8, 13)])
+    assert out["object"] == "dlm.edit" and out["text"] == expected.text and out["original"] == expected.original
+    assert out["positions"] == expected.positions and out["diff"] == expected.diff and out["positions"]
+    scored = post(server, "/v1/dlm/edit", {"model": "tiny", "text": text, "remask_k": 2, "rounds": 2}).json()
+    assert len(scored["rounds"]) == 2 and all(len(r) == 2 for r in scored["rounds"])
+
+
+@pytest.mark.parametrize(
+    "path, body, status, param",
+    [
+        ("infill", {"text": "no holes here"}, 400, "text"),
+        ("infill", {"text": "a [MASK*0] b"}, 400, "text"),
+        ("infill", {"text": "a [MASK] b", "dlm": {"sampler": "ar"}}, 400, "dlm.sampler"),
+        ("infill", {"text": "a [MASK] b", "dlm": {"stream_denoising": True}}, 400, "dlm"),
+        ("infill", {"text": "a [MASK*90] b"}, 400, "text"),
+        ("infill", {"text": "a [MASK] b", "lengths": [0]}, 400, "lengths"),
+        ("infill", {"text": "a [MASK] b", "nelbo_samples": 2}, 400, "nelbo_samples"),
+        ("infill", {"text": "a [MASK] b", "prompt": "x"}, 400, "prompt"),
+        ("edit", {"text": "abc", "spans": [[2, 9]]}, 400, "spans"),
+        ("edit", {"text": "abc", "below": 0.1, "remask_k": 1}, 400, "below"),
+        ("edit", {"text": "abc", "rounds": 0}, 400, "rounds"),
+        ("edit", {"text": ""}, 400, "text"),
+        ("edit", {"text": "abc", "model": "other"}, 404, "model"),
+    ],
+)
+def test_bad_infill_and_edit_requests_get_an_openai_error(server, path, body, status, param):
+    r = post(server, f"/v1/dlm/{path}", {"model": "tiny", **body})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
+    assert post(server, f"/v1/dlm/{path}", {"model": "tiny", **body}, key=None).status_code == 401

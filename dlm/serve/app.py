@@ -17,15 +17,18 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from dlm.errors import DlmError
 from dlm.samplers import user_fields
 from dlm.serve.batcher import Batcher, Ticket
 from dlm.serve.requests import ApiError, Job, Limits, parse
+from dlm.serve.verbs import parse_task
 
 log = logging.getLogger("dlm.serve")
 OBJECT = {"completion": "text_completion", "chat": "chat.completion"}
@@ -49,6 +52,7 @@ def create_app(
     batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, window=window)
     limits = Limits(limits.max_tokens, min(limits.rows, max_batch), limits.default_max_tokens)
     started = int(time.time())
+    playground = files("dlm.serve").joinpath("static/playground.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app):
@@ -68,7 +72,10 @@ def create_app(
     async def http_error(request: Request, e: HTTPException):
         message = f"{request.method} {request.url.path}: {e.detail}"
         if e.status_code == 404:
-            message += "; this server has POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health"
+            message += (
+                "; this server has GET / (the playground), POST /v1/completions, POST /v1/chat/completions, "
+                "POST /v1/dlm/infill, POST /v1/dlm/edit, GET /v1/models, GET /health"
+            )
         return await api_error(request, ApiError(message, status=e.status_code))
 
     @app.exception_handler(Exception)
@@ -103,6 +110,11 @@ def create_app(
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(f"the request body is not valid JSON: {e}") from None
 
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        """The web playground (static; its API calls carry the key the user types in)."""
+        return HTMLResponse(playground, headers={"Cache-Control": "no-cache"})
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_id, **batcher.health()}
@@ -118,6 +130,7 @@ def create_app(
             "samplers": list(engine.samplers),
             "context": engine.config.model.max_seq_len,
             "defaults": defaults,
+            "sampler_defaults": sampler_defaults(engine),
         }
         return {"object": "list", "data": [card]}
 
@@ -128,6 +141,42 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await generate(request, "chat")
+
+    @app.post("/v1/dlm/infill")
+    async def infill(request: Request):
+        return await task(request, "infill")
+
+    @app.post("/v1/dlm/edit")
+    async def edit(request: Request):
+        return await task(request, "edit")
+
+    async def task(request: Request, kind: str):
+        """An infill or edit: queued like a completion, answered with its result (no streaming)."""
+        authorize(request)
+        job = parse_task(kind, await json_body(request), engine, model_id, limits)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        ticket = batcher.submit(job, lambda event: loop.call_soon_threadsafe(events.put_nowait, event), timeout)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        logline(request, ticket, 499, "client disconnected")
+                        return JSONResponse({}, 499)
+                    continue
+                if event["type"] == "error":
+                    raise event["error"]
+                if event["type"] == "done":
+                    result = dict(event["result"])
+                    tokens, nfe, seconds = result.pop("completion_tokens"), result.pop("nfe"), result.pop("seconds")
+                    logline(request, ticket, 200, f"tokens={tokens} nfe={nfe}")
+                    body = {"id": f"{kind}-{ticket.id}", "object": f"dlm.{kind}", "created": int(time.time())}
+                    body.update(model=model_id, **result, usage={"completion_tokens": tokens})
+                    body["dlm"] = {**job.settings(), "nfe": nfe, "seconds": round(seconds, 4), "batch_rows": 1}
+                    return body
+        finally:
+            batcher.cancel(ticket)
 
     async def generate(request: Request, kind: str):
         authorize(request)
@@ -226,6 +275,18 @@ def create_app(
             logline(request, ticket, status, event=done)
 
     return app
+
+
+def sampler_defaults(engine) -> dict:
+    """Each sampler of the model -> its options with their defaults (what the playground offers)."""
+    out = {}
+    for sampler in engine.samplers:
+        try:
+            _, config = engine.sampler_config(sampler)
+        except DlmError:  # a sampler that needs an option to be given has no defaults to show
+            continue
+        out[sampler] = {f: getattr(config, f) for f in user_fields(type(config))}
+    return out
 
 
 def usage(job: Job, done: dict) -> dict:

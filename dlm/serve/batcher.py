@@ -12,6 +12,8 @@
    once no row is still wanted (every row stopped, cancelled or timed out).
 5. Each ticket then gets one ``done`` event with its choices (or one ``error`` event).
 
+Infill and edit requests (``dlm.serve.verbs.Task``) wait in the same queue and run alone, one Engine call each.
+
 A batch that fails as a whole (a setting only the sampler checks) is run again job by job, so a bad request
 fails alone. Samplers that take one generator for the whole batch (``per_row_generators=False``) run row by row.
 """
@@ -29,6 +31,7 @@ from dlm.errors import DlmError
 from dlm.samplers import SAMPLERS
 from dlm.serve.requests import ApiError, Job
 from dlm.serve.stream import CanvasView, RowText, committed_prefix
+from dlm.serve.verbs import Task
 
 log = logging.getLogger("dlm.serve")
 
@@ -152,6 +155,9 @@ class Batcher:
             if now > t.deadline:
                 t.fail(timeout_error(t.timeout))
                 continue
+            if isinstance(t.job, Task) or (group and isinstance(group[0].job, Task)):
+                (keep if group else group).append(t)  # an infill or edit runs alone
+                continue
             if key is None:
                 padded = SAMPLERS.get(t.job.sampler).pads
                 key = t.job.batch_key(padded)
@@ -164,6 +170,9 @@ class Batcher:
         return group
 
     def _run(self, group: list[Ticket]) -> None:
+        if isinstance(group[0].job, Task):
+            self._call_task(group[0])
+            return
         rows = [(t, c) for t in group for c in range(t.job.rows)]
         if not SAMPLERS.get(group[0].job.sampler).per_row_generators:
             for row in rows:  # one generator for the whole batch: one call per row keeps rows independent
@@ -246,6 +255,28 @@ class Batcher:
             if not (t.finished or t.cancelled):
                 nfe, seconds = results[0].nfe, results[0].seconds
                 t.send({"type": "done", "choices": choices[t], "nfe": nfe, "seconds": seconds, "rows": len(rows)})
+
+    def _call_task(self, t: Ticket) -> None:
+        """An infill or edit: one Engine call of its own; its done event carries the response's fields."""
+
+        def on_step(state):  # infill only: stop when the client left, the time ran out or the server stops
+            return False if t.cancelled or self.stopping or time.monotonic() > t.deadline else None
+
+        t.batch_rows = 1
+        try:
+            result = t.job.run(on_step)
+        except Exception as e:
+            raise_as_event([t], e)
+            return
+        self.batches, self.rows, self.nfe = self.batches + 1, self.rows + 1, self.nfe + result["nfe"]
+        if t.finished or t.cancelled:
+            return
+        if self.stopping:
+            t.fail(ApiError("the server is shutting down", status=503, type="server_error", code="shutting_down"))
+        elif time.monotonic() > t.deadline:
+            t.fail(timeout_error(t.timeout))
+        else:
+            t.send({"type": "done", "result": result, "nfe": result["nfe"], "seconds": result["seconds"], "rows": 1})
 
     def health(self) -> dict:
         with self._cv:
