@@ -24,6 +24,7 @@ def test_auto_on_a_cpu_follows_the_isa_and_the_probe(monkeypatch):
         monkeypatch.setattr(P, "bf16_speedup", lambda *a, s=speedup, **k: s)
         precision, why = P.resolve_precision("auto", CPU)
         assert precision == want and f"{speedup:.1f}x" in why
+    assert P.resolve_precision("auto", CPU, d_model=64)[0] == "fp32"  # too narrow to probe
     assert P.resolve_precision("bf16", CPU) == ("bf16", "as asked")  # explicit choices are never second-guessed
     with pytest.raises(DlmError, match="choose one of: auto, fp32, bf16"):
         P.resolve_precision("fp16", CPU)

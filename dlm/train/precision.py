@@ -5,7 +5,7 @@
   4th generation and later). Without them (AVX2, AVX-512 without AMX) the bf16 kernels are several times slower
   than fp32 (``bench/cpu_precision.py``, docs/RESULTS.md). So auto picks bf16 on a CPU only when the CPU reports
   ``amx_bf16`` *and* a probe of the model's own matmul shapes (about a tenth of a second) runs at least
-  ``SPEEDUP`` times faster in bf16.
+  ``SPEEDUP`` times faster in bf16; models narrower than ``MIN_WIDTH`` stay fp32.
 - ``DLM_AUTO_PRECISION=fp32`` (or ``bf16``) fixes auto's choice; the tests set fp32, so that the suite computes the
   same numbers on every CPU.
 
@@ -25,6 +25,8 @@ from dlm.errors import DlmError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SPEEDUP = 1.2  # the least probe speed-up for which auto picks bf16 on a CPU
+MIN_WIDTH = 256  # narrower models stay fp32: the probe's timings there are overhead (1.3x "faster" on AVX2, where
+#                  tiny trains 0.6x as fast in bf16; docs/RESULTS.md)
 
 
 def cpu_flags() -> set[str]:
@@ -74,6 +76,8 @@ def auto_precision(device: torch.device, d_model: int = 512, d_ff: int = 2048) -
         return "fp32", f"auto picks bf16 only on CUDA and AMX CPUs, not on {device.type}"
     if "amx_bf16" not in cpu_flags():
         return "fp32", "this CPU has no AMX-bf16, where bf16 autocast is slower than fp32"
+    if d_model < MIN_WIDTH:
+        return "fp32", f"d_model {d_model} < {MIN_WIDTH}: too narrow for bf16 matmuls to pay (a probe there is noise)"
     speedup = bf16_speedup(d_model, d_ff)
     if speedup >= SPEEDUP:
         return "bf16", f"AMX-bf16: a probe ran {speedup:.1f}x faster in bf16"
