@@ -227,7 +227,7 @@ def render(result: dict) -> str:
     lines += ["", "Greedy captions of the first held-out images (seed 0):", ""]
     for name in names(result):
         r = by_name(result, name)[0]
-        lines.append(f"- {name}: " + "; ".join(f'{d} -> "{c}"' for d, c in r["caption_examples"][:5]))
+        lines.append(f"- {name}: " + "; ".join(f"{d} -> `{json.dumps(c)}`" for d, c in r["caption_examples"][:5]))
     lines += [
         "",
         "![text-to-image accuracy vs NFE](multimodal_t2i.png)",
