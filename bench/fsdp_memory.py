@@ -7,19 +7,24 @@ Each setting is one ``torchrun --nproc_per_node=2 --standalone`` of this file in
 ``dlm.train.loop.train`` for STEPS steps (masked diffusion, fp32, OMP_NUM_THREADS=1 per process) and stops there
 as an interrupted run does (``stop_at``), so the last checkpoint is the sharded one: the gathering of the whole
 checkpoint at the end of a finished FSDP run (every tensor on process 0 at once) is not part of the peak. What is
-measured, per process: ``ru_maxrss`` (the peak resident set: Python, torch's libraries, data, model, gradients,
-optimiser state, activations) and the same before ``train`` (imports only), whose difference is the training's;
-tokens/s of the last log window (steps 3-4, all processes together). The batches are small (CPU), so the weights,
-gradients and AdamW moments (16 bytes per parameter, replicated by DDP, split by FSDP) dominate, as they do for the
-7-8B models FSDP is for. Writes docs/bench/fsdp_memory.json and its section of docs/RELIABILITY.md.
+measured, per process, from /proc/self/status: the peak resident set (VmHWM: Python, torch's libraries, data,
+model, gradients, optimiser state, activations, and what the allocator keeps) of the **setup** (data, the model
+built whole, FSDP's sharding) and of the **training** (the steps, validation, the last checkpoint): when the
+optimiser is built, freed memory is handed back to the OS (``malloc_trim``), the resident set noted and the peak
+reset (``/proc/self/clear_refs``); tokens/s of the last log window (steps 3-4, all processes together). The
+batches are small (CPU), so the weights, gradients and AdamW moments (16 bytes per parameter, replicated by DDP,
+split by FSDP) weigh more than the activations, as they do for the 7-8B models FSDP is for.
+Writes docs/bench/fsdp_memory.json and its section of docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,24 +36,42 @@ STEPS = 4
 SETTINGS = {"small": {"batch_size": 4, "seq_len": 256}, "base": {"batch_size": 2, "seq_len": 256}}
 
 
-def maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (Linux: KiB)
+def status_mib(field: str) -> float:
+    """VmHWM (the peak resident set since the last reset) or VmRSS (now) of this process, in MiB."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(field + r":\s+(\d+) kB", text).group(1)) / 1024
+
+
+def start_training_phase(phases: dict) -> None:
+    """The setup is over: note its peak, hand freed memory back to the OS, note what is resident, reset the peak."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    phases["setup_peak_mib"], phases["resident_mib"] = status_mib("VmHWM"), status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def worker(preset: str, parallel: str, out: Path) -> None:
     import torch.distributed as dist
 
+    import dlm.train.loop as loop
     from dlm.presets import preset_config
-    from dlm.train.loop import train
 
     dist.init_process_group("gloo")
-    before = maxrss_mib()
+    phases = {"imports_mib": status_mib("VmRSS")}
+    build_optimizer = loop.build_optimizer
+
+    def build_optimizer_then_measure(model, train_config):  # (after the model is built and sharded)
+        optimizer = build_optimizer(model, train_config)
+        start_training_phase(phases)
+        return optimizer
+
+    loop.build_optimizer = build_optimizer_then_measure
     cfg = preset_config(preset)
     cfg.train.objective, cfg.train.precision, cfg.train.parallel = "mdlm", "fp32", parallel
     cfg.train.batch_size, cfg.data.seq_len = SETTINGS[preset]["batch_size"], SETTINGS[preset]["seq_len"]
     cfg.train.log_every, cfg.train.eval_sequences = 2, 2
-    train(cfg, out / "run", progress=False, stop_at=STEPS)
-    record = {"rank": dist.get_rank(), "maxrss_before_mib": before, "maxrss_mib": maxrss_mib()}
+    loop.train(cfg, out / "run", progress=False, stop_at=STEPS)
+    record = {"rank": dist.get_rank(), **phases, "training_peak_mib": status_mib("VmHWM")}
     if dist.get_rank() == 0:
         lines = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
         record["tokens_per_sec"] = [r for r in lines if "tokens_per_sec" in r][-1]["tokens_per_sec"]
@@ -86,8 +109,8 @@ def run(preset: str, parallel: str) -> dict:
     return {
         "preset": preset,
         "parallel": parallel,
-        "peak_rss_mib": [round(r["maxrss_mib"]) for r in ranks],
-        "rss_before_mib": [round(r["maxrss_before_mib"]) for r in ranks],
+        **{key: [round(r[key]) for r in ranks] for key in ("imports_mib", "setup_peak_mib", "resident_mib")},
+        "training_peak_mib": [round(r["training_peak_mib"]) for r in ranks],
         "tokens_per_sec": round(ranks[0]["tokens_per_sec"], 1),
     }
 
@@ -125,20 +148,22 @@ def main() -> None:
             for p, s in SETTINGS.items()
             if p in args.presets
         )
-        + ". Peak RSS is `ru_maxrss` of each process over the whole run (torch's libraries included: the "
-        "'before' column is the same after the imports, before `train`); state is the weights, gradients and AdamW "
-        "moments a process holds (16 bytes per parameter, halved by FSDP over 2); tokens/s of steps 3-4 over both "
+        + ". Memory is the peak resident set of each process (VmHWM, torch's libraries included: about "
+        f"{rows[0]['imports_mib'][0]} MiB after the imports) during the setup (data, the model built whole, FSDP's "
+        "sharding) and during the training (steps, validation, the sharded or DDP checkpoint), measured apart "
+        "(freed memory handed back and the peak reset in between); state is the weights, gradients and AdamW moments "
+        "a process holds (16 bytes per parameter, halved by FSDP over 2); tokens/s of steps 3-4 over both "
         "processes.",
         "",
-        "| preset | parameters | parallel | state / process (MiB) | peak RSS rank 0 / 1 (MiB) | before train (MiB) "
-        "| peak - before, rank 0 (MiB) | tokens/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| preset | parameters | parallel | state / process (MiB) | setup peak rank 0 / 1 (MiB) "
+        "| training peak rank 0 / 1 (MiB) | tokens/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         md.append(
             f"| {r['preset']} | {r['parameters'] / 1e6:.1f}M | {r['parallel']} | {r['state_mib_per_rank']} | "
-            f"{r['peak_rss_mib'][0]} / {r['peak_rss_mib'][1]} | {r['rss_before_mib'][0]} | "
-            f"{r['peak_rss_mib'][0] - r['rss_before_mib'][0]} | {r['tokens_per_sec']} |"
+            f"{r['setup_peak_mib'][0]} / {r['setup_peak_mib'][1]} | "
+            f"{r['training_peak_mib'][0]} / {r['training_peak_mib'][1]} | {r['tokens_per_sec']} |"
         )
     write_results(
         "fsdp_memory",
