@@ -97,6 +97,9 @@ class TrainConfig:
     lora_rank: int = 0  # > 0: train low-rank adapters of this rank on the attention and MLP projections only
     #                     (dlm.train.lora; merged into model.safetensors); needs train.init (--init / dlm sft)
     lora_alpha: float = 0.0  # the adapters' scale is lora_alpha / lora_rank (0: lora_rank, a scale of 1)
+    parallel: str = "ddp"  # under torchrun: "ddp" (a replica per process) or "fsdp" (FSDP2: weights, gradients and
+    #                        optimiser state sharded over the processes, sharded checkpoints), dlm.train.fsdp
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward: less memory
 
 
 @dataclass
@@ -110,6 +113,7 @@ class SFTConfig:
     pad_to: int = 64  # EOS-pad every response to this many tokens (mdlm; within max_len): the canvas of an answer
 
 
+PARALLEL = ("ddp", "fsdp")  # train.parallel
 FORMAT_VERSION = 2  # of config.json; 1 (no format_version): the objective's options were fields of train
 _V1_OPTIONS = ("graph", "block_size", "clip_beta", "clip_omega", "alpha0", "variant")  # train.* in format 1
 
@@ -233,6 +237,15 @@ class RunConfig:
             raise DlmError(f"unknown sft.template {self.sft.template!r}; choose one of: chat, raw")
         if self.sft.max_len < 0 or self.sft.pad_to < 0:
             raise DlmError("sft.max_len and sft.pad_to must be >= 0 (max_len 0: the model's context)")
+        if self.train.parallel not in PARALLEL:
+            raise DlmError(f"unknown train.parallel {self.train.parallel!r}; choose one of: {', '.join(PARALLEL)}")
+        if self.train.parallel == "fsdp" and self.train.objective == "diffusion-lm":
+            raise DlmError(
+                "train.parallel=fsdp does not run the diffusion-lm objective (it calls the model's embedding and head "
+                "outside forward, where FSDP has not gathered them); use train.parallel=ddp"
+            )
+        if self.train.parallel == "fsdp" and self.train.lora_rank:
+            raise DlmError("train.parallel=fsdp does not shard LoRA adapters (train.lora_rank); use train.parallel=ddp")
         if not 0.0 < self.data.val_fraction < 1.0:
             raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self

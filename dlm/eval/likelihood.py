@@ -8,6 +8,7 @@ whatever the number of processes.
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -48,12 +49,18 @@ def evaluate(
     n = len(dataset) if max_sequences is None else min(max_sequences, len(dataset))
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for k in range(info.rank, len(batches), info.world_size):
-        x0 = dataset.batch(batches[k]).to(device)
+    # FSDP: every process must call the model as often as the others (each call gathers weights from all): one
+    # past the last batch scores the last batch again and drops the result
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # (not imported: no FSDP model)
+    lockstep = fsdp is not None and isinstance(model, fsdp.FSDPModule)
+    rounds = -(-len(batches) // info.world_size) * info.world_size if lockstep else len(batches)
+    for k in range(info.rank, rounds, info.world_size):
+        x0 = dataset.batch(batches[min(k, len(batches) - 1)]).to(device)
         generator = torch.Generator(device=device).manual_seed(batch_seed(seed, k))
         with autocast():
             nll = objective.nll(model, x0, num_samples, generator)  # (B,) nats per sequence
-        total += nll.double().sum()
+        if k < len(batches):
+            total += nll.double().sum()
     total = all_reduce_sum(total, info).item()
     if was_training:
         model.train()

@@ -9,6 +9,9 @@
         trainer_state.json       step, data position, RNG states, optimizer hyper-parameters
         manifest.json            written last: the step and each file's size (complete when they match)
 
+An FSDP run (``train.parallel=fsdp``) writes the weights, EMA and optimizer state as one shard file per process
+instead (``dlm.train.sharded``) and the whole files at the end of training; every reader here takes either form.
+
 A new checkpoint is written to ``.checkpoint.tmp-<pid>``, made durable (fsync) and completed by its manifest; only
 then does the previous one move to ``.checkpoint.old`` and the new one to ``checkpoint/``. A folder is deleted by
 renaming it to ``.checkpoint.trash-<pid>`` first, so a deletion cut short leaves nothing that looks complete.
@@ -33,6 +36,7 @@ from dlm.config import RunConfig
 from dlm.data.tokenizer import Tokenizer, load_tokenizer
 from dlm.errors import DlmError
 from dlm.models.transformer import Transformer
+from dlm.train import sharded
 
 CHECKPOINT, OLD, TMP_PREFIX, TRASH_PREFIX = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-", ".checkpoint.trash-"
 MANIFEST = "manifest.json"
@@ -43,7 +47,8 @@ def _manifest(ckpt: Path) -> dict | None:
     try:
         manifest = json.loads((ckpt / MANIFEST).read_text())
         files, step = manifest["files"], manifest["step"]
-        if "model.safetensors" not in files or not (step is None or isinstance(step, int)):
+        weights = "model.safetensors" in files or any(sharded.SHARD_PATTERN.fullmatch(name) for name in files)
+        if not weights or not (step is None or isinstance(step, int)):
             return None
         if all((ckpt / name).stat().st_size == size for name, size in files.items()):
             return manifest
@@ -89,12 +94,16 @@ def existing_checkpoint(path: str | Path) -> Path | None:
     """The checkpoint to read in a run directory (or a checkpoint directory itself), or None: the newest complete
     one; failing that a damaged ``checkpoint/`` or ``.checkpoint.old``, so that loading it says what is wrong."""
     path = Path(path)
-    if (path / "model.safetensors").exists():
+    if _has_weights(path):
         return path
     found = newest_complete(path)
     if found is None:
-        found = next((p for p in (path / CHECKPOINT, path / OLD) if (p / "model.safetensors").exists()), None)
+        found = next((p for p in (path / CHECKPOINT, path / OLD) if _has_weights(p)), None)
     return found
+
+
+def _has_weights(ckpt: Path) -> bool:
+    return (ckpt / "model.safetensors").exists() or sharded.is_sharded(ckpt)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -146,6 +155,25 @@ def recover(run_dir: str | Path) -> Path | None:
     final = _promote(run_dir, best) if best is not None else None
     _remove_debris(run_dir)
     return final
+
+
+def consolidate(run_dir: str | Path) -> Path:
+    """Make the newest complete checkpoint of ``run_dir`` whole (one process; what an FSDP run writes at the end of
+    training): its shards' tensors become ``model.safetensors`` etc., crash-safely; return the checkpoint. Run it on
+    a run no trainer is writing (--resume resumes either form: this is for tools that read whole files)."""
+    run_dir = Path(run_dir)
+    found = find_checkpoint(run_dir)
+    if not sharded.is_sharded(found):
+        return found
+    tmp = new_temporary(run_dir)
+    for group in ("model", "ema", "optimizer"):
+        if sharded.has_group(found, group):
+            save_file(sharded.Tensors(found, group).read_all(), str(tmp / f"{group}.safetensors"))
+    for name in ("config.json", "tokenizer.json", "trainer_state.json"):
+        if (found / name).exists():
+            shutil.copyfile(found / name, tmp / name)
+    write_manifest(tmp, checkpoint_step(found) if checkpoint_step(found) >= 0 else None)
+    return _promote(run_dir, tmp)
 
 
 def clear(run_dir: str | Path) -> None:
@@ -202,12 +230,14 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: l
         expected = value if key == "step" else params[int(idx)]  # the moments have their parameter's shape
         check_tensor(path, name, value, expected)
         state.setdefault(int(idx), {})[key] = value
-    # the saved hyper-parameters, but this machine's implementation (fused on CUDA, foreach elsewhere)
+    optimizer.load_state_dict({"state": state, "param_groups": with_implementation(param_groups, optimizer)})
+
+
+def with_implementation(param_groups: list[dict], optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The saved hyper-parameters, but this machine's implementation (fused on CUDA, foreach elsewhere)."""
     impl = ("foreach", "fused")
-    param_groups = [
-        {**saved, **{k: now[k] for k in impl if k in now}} for saved, now in zip(param_groups, optimizer.param_groups)
-    ]
-    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    now = optimizer.param_groups
+    return [{**saved, **{k: group[k] for k in impl if k in group}} for saved, group in zip(param_groups, now)]
 
 
 def check_tensor(path: Path, name: str, value: torch.Tensor, expected: torch.Tensor) -> None:
@@ -244,21 +274,43 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint atomically; ``extra_tensors``: more safetensors files, by file name (LoRA's adapters)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f"{TMP_PREFIX}{os.getpid()}"
-    remove_checkpoint(tmp)
-    tmp.mkdir()
+    tmp = new_temporary(run_dir)
     save_model(model, str(tmp / "model.safetensors"))
     if ema_model is not None:
         save_model(ema_model, str(tmp / "ema.safetensors"))
     for name, tensors in (extra_tensors or {}).items():
         save_file(tensors, str(tmp / name))
-    (tmp / "config.json").write_text(config.to_json())
-    tokenizer.save(tmp / "tokenizer.json")
+    groups = None
     if optimizer is not None:
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        trainer_state = {**(trainer_state or {}), "optimizer_param_groups": groups}
+    return complete_checkpoint(run_dir, tmp, tokenizer=tokenizer, config=config, trainer_state=trainer_state,
+                               optimizer_groups=groups)  # fmt: skip
+
+
+def new_temporary(run_dir: Path, pid: int | None = None) -> Path:
+    """An empty ``.checkpoint.tmp-<pid>`` (this process's pid unless told) for a new checkpoint's files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f"{TMP_PREFIX}{os.getpid() if pid is None else pid}"
+    remove_checkpoint(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def complete_checkpoint(
+    run_dir: Path,
+    tmp: Path,
+    *,
+    tokenizer: Tokenizer,
+    config: RunConfig,
+    trainer_state: dict | None,
+    optimizer_groups: list[dict] | None = None,
+) -> Path:
+    """Add the JSON files to ``tmp`` (which holds the tensors), its manifest last, and make it ``checkpoint/``."""
+    (tmp / "config.json").write_text(config.to_json())
+    tokenizer.save(tmp / "tokenizer.json")
+    if optimizer_groups is not None:
+        trainer_state = {**(trainer_state or {}), "optimizer_param_groups": optimizer_groups}
     if trainer_state is not None:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
     write_manifest(tmp, (trainer_state or {}).get("step"))
@@ -280,6 +332,9 @@ def write_manifest(ckpt: Path, step: int | None) -> None:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``; in a sharded checkpoint, those of its group (``model`` etc.), assembled whole."""
+    if not path.exists() and sharded.is_sharded(path.parent) and sharded.has_group(path.parent, path.stem):
+        return sharded.Tensors(path.parent, path.stem).read_all()
     if not path.exists():
         raise DlmError(f"{path} is missing; the checkpoint is incomplete: re-train or restore it")
     try:
@@ -327,5 +382,5 @@ def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device =
         )
     model = Transformer(config.model)
     ema = ckpt / "ema.safetensors"
-    load_weights(model, ema if use_ema and ema.exists() else ckpt / "model.safetensors")
+    load_weights(model, ema if use_ema and sharded.has_group(ckpt, "ema") else ckpt / "model.safetensors")
     return model.to(device).eval(), tokenizer, config

@@ -13,6 +13,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.train.distributed import DistInfo, all_reduce_max
+from dlm.train.sharded import is_dtensor
 
 MODES = ("stop", "skip")
 
@@ -47,13 +48,17 @@ class NonFiniteGuard:
                 f"stopped ({where}). Lower the learning rate or check the data"
             )
 
-    @staticmethod
-    def check_weights(where: str, *models: torch.nn.Module | None) -> None:
+    def check_weights(self, where: str, *models: torch.nn.Module | None) -> None:
         """Before a save: a one-line error naming the first parameter that is not finite."""
         params = [(name, p) for m in models if m is not None for name, p in m.named_parameters()]
-        finite = torch.stack([torch.isfinite(p).all() for _, p in params])
-        if not bool(finite.all()):  # (DDP: the ranks hold the same weights and agree)
-            name = params[int((~finite).nonzero()[0])][0]
+        # FSDP: each process checks its shard of each parameter, and they agree on the verdict (DDP: the ranks
+        # hold the same weights and agree without one)
+        local = [p.to_local() if is_dtensor(p) else p for _, p in params]
+        bad = torch.stack([~torch.isfinite(p).all() for p in local]).float()  # (P,)
+        if any(is_dtensor(p) for _, p in params):
+            bad = all_reduce_max(bad, self.info)
+        if bool(bad.any()):
+            name = params[int(bad.nonzero()[0])][0]
             raise DlmError(
                 f"the weights became NaN or infinite (first: {name}); stopped before saving them ({where}). "
                 "Lower the learning rate"

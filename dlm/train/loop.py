@@ -2,6 +2,7 @@
 
     dlm train --preset small --objective mdlm --max-steps 2000 --out runs/mdlm
     torchrun --nproc_per_node=2 -m dlm.cli train --preset tiny --objective ar --max-steps 40 --out runs/ddp
+    torchrun --nproc_per_node=2 -m dlm.cli train --preset small --set train.parallel=fsdp --out runs/fsdp
 
 One step = ``grad_accum`` micro-batches of ``batch_size`` sequences per process. The noise generator is reseeded
 from (seed, step, micro-batch, rank) at every micro-batch and the data order is a function of (seed, epoch), so a
@@ -15,6 +16,11 @@ A NaN or infinite loss or gradient is caught there too, and before every save (`
 A run holds the run lock on ``--out`` (``dlm.train.runlock``) from start to end; ``--resume`` first makes the newest
 complete checkpoint ``checkpoint/`` (``dlm.train.checkpoint.recover``) and refuses when there is none, unless
 ``--overwrite`` says to start a new run then.
+
+Under torchrun the model is replicated (DDP, ``train.parallel=ddp``) or sharded (FSDP2, ``fsdp``: dlm.train.fsdp,
+which writes sharded checkpoints while training and whole ones at the end). How a run is spread over processes and
+whether it checkpoints activations (``train.activation_checkpointing``) is the invocation's choice, also on
+``--resume``: either form of checkpoint resumes under either.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from dlm.eval.likelihood import evaluate
 from dlm.models.transformer import Transformer
 from dlm.objectives import OBJECTIVES
 from dlm.train import checkpoint as ckpt
+from dlm.train import sharded
+from dlm.train.activation_checkpointing import checkpoint_activations
 from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.guard import NonFiniteGuard
@@ -110,13 +118,18 @@ def train(
     step (with a checkpoint), as an interruption would, without changing the LR schedule."""
     out_dir = Path(out_dir)
     cfg.validate()
+    if cfg.train.parallel == "fsdp" and "LOCAL_RANK" not in os.environ and not torch.distributed.is_initialized():
+        raise DlmError(
+            "train.parallel=fsdp shards the model over the processes of torchrun: launch with torchrun "
+            "--nproc_per_node=N -m dlm.cli train ... (one process: drop it)"
+        )
     with RunLock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # rank 0 writes OUT
         if ckpt.existing_checkpoint(out_dir) and not (resume or overwrite):
             raise DlmError(
                 f"{out_dir} already holds a checkpoint; pass --resume to continue it, --overwrite to start "
                 "again, or choose another --out"
             )
-        info = setup_distributed(device)
+        info = setup_distributed(device, group=cfg.train.parallel == "fsdp")
         try:
             saved = _resumable(out_dir, info, overwrite) if resume else None
             return _train(cfg, out_dir, info, saved=saved, progress=progress, stop_at=stop_at)
@@ -143,10 +156,12 @@ def _resumable(out_dir: Path, info: DistInfo, overwrite: bool) -> Path | None:
 
 def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None, progress: bool, stop_at) -> dict:
     tc = cfg.train
-    if saved:
-        max_steps, time_limit, trackers = tc.max_steps, tc.time_limit_minutes, tc.log
-        cfg = ckpt.load_config(saved)  # the run continues with its own config, except how long it runs and --log
-        cfg.train.max_steps, cfg.train.time_limit_minutes, cfg.train.log = max_steps, time_limit, trackers
+    if saved:  # the run continues with its own config, except how long it runs, how it is spread (docstring), --log
+        invocation = ("max_steps", "time_limit_minutes", "parallel", "activation_checkpointing", "log")
+        now = {k: getattr(tc, k) for k in invocation}
+        cfg = ckpt.load_config(saved)
+        for key, value in now.items():
+            setattr(cfg.train, key, value)
         tc = cfg.train
     OBJECTIVES.get(tc.objective).configure(cfg)  # e.g. diffusion-lm: a Gaussian schedule, time conditioning, ...
     precision, why = resolve_precision(tc.precision, info.device, cfg.model.d_model, cfg.model.d_ff)
@@ -171,22 +186,39 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len + cfg.model.logits_shift)  # + BOS
     loader = SequenceLoader(train_set, seed=tc.seed)
 
-    # model, optimiser, optional EMA and compile / DDP wrappers
+    # model, optional EMA, activation checkpointing, FSDP sharding, optimiser and compile / DDP wrappers
+    fsdp = tc.parallel == "fsdp"
     model = Transformer(cfg.model).to(info.device) if initial is None else initial
     lora = LoRA(model, tc.lora_rank, tc.lora_alpha, seed=tc.seed) if tc.lora_rank else None  # freezes the model
     trained = model if lora is None else lora  # what the optimiser updates
-    optimizer = build_optimizer(trained, tc)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
-    step, tokens_seen, elapsed, skipped = 0, 0, 0.0, 0
-    if saved:
-        state = ckpt.load_trainer_state(saved)
+    # weights before sharding, unless FSDP reads its rows of a sharded checkpoint after
+    load_rows = fsdp and saved is not None and sharded.is_sharded(saved)
+    if saved and not load_rows:
         if lora is None:
             ckpt.load_weights(model, saved / "model.safetensors")
         else:  # model.safetensors is merged; the adapters go back on the frozen source
             lora.load_adapter_tensors(load_adapter(saved))
         if ema is not None:
             ckpt.load_weights(ema, saved / "ema.safetensors")
-        ckpt.load_optimizer(optimizer, saved, state["optimizer_param_groups"])
+    if tc.activation_checkpointing:
+        checkpoint_activations(model)
+    if fsdp:
+        from dlm.train import fsdp as fsdp_lib  # (torch.distributed.fsdp takes seconds to import)
+
+        for m in (model, ema):
+            if m is not None:
+                fsdp_lib.shard_model(m, info, precision)
+        if load_rows:
+            fsdp_lib.load_weights(model, saved, "model")
+            if ema is not None:
+                fsdp_lib.load_weights(ema, saved, "ema")
+    optimizer = build_optimizer(trained, tc)
+    step, tokens_seen, elapsed, skipped = 0, 0, 0.0, 0
+    if saved:
+        state = ckpt.load_trainer_state(saved)
+        load_optimizer = fsdp_lib.load_optimizer if fsdp else ckpt.load_optimizer
+        load_optimizer(optimizer, saved, state["optimizer_param_groups"])
         loader.load_state_dict(state["data"])
         torch.set_rng_state(ckpt.rng_from_str(state["torch_rng"]))
         if "cuda_rng" in state and info.device.type == "cuda":
@@ -194,7 +226,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_seconds"]
         skipped = state.get("skipped_steps", 0)
     forward = torch.compile(model) if tc.compile else model
-    if info.enabled:
+    ddp = info.enabled and not fsdp
+    if ddp:
         forward = DistributedDataParallel(forward, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
     if info.is_main and not saved:  # a new run: drop an old run's weights (--overwrite) and dead runs' leftovers
@@ -218,30 +251,33 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
         return f"{out_dir / ckpt.CHECKPOINT} holds step {done}" if done is not None else "no checkpoint was saved"
 
     def save() -> None:
+        if fsdp:
+            fsdp_lib.reshard(model, ema)  # (an evaluation leaves the root's weights gathered)
         guard.check(kept())
         guard.check_weights(kept(), model, ema)
-        if info.is_main:
+        trainer_state = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "elapsed_seconds": elapsed,
+            "skipped_steps": guard.skipped,
+            "data": loader.state_dict(),
+            "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
+            **(
+                {"cuda_rng": ckpt.rng_to_str(torch.cuda.get_rng_state(info.device).cpu())}
+                if info.device.type == "cuda"
+                else {}
+            ),
+        }
+        parts = dict(tokenizer=tokenizer, config=cfg, optimizer=optimizer, trainer_state=trainer_state)
+        if fsdp:  # every process: its shard while training, the whole tensors gathered at the end
+            fsdp_lib.save(out_dir, info, model=model, ema=ema, **parts, whole=step >= tc.max_steps)
+        elif info.is_main:
             ckpt.save_checkpoint(
                 out_dir,
                 model=model if lora is None else lora.merged_model(),  # LoRA: the adapted weights, plain
-                tokenizer=tokenizer,
-                config=cfg,
-                optimizer=optimizer,
                 ema_model=ema,
                 extra_tensors=None if lora is None else {ADAPTER_FILE: lora.adapter_tensors()},
-                trainer_state={
-                    "step": step,
-                    "tokens_seen": tokens_seen,
-                    "elapsed_seconds": elapsed,
-                    "skipped_steps": guard.skipped,
-                    "data": loader.state_dict(),
-                    "torch_rng": ckpt.rng_to_str(torch.get_rng_state()),
-                    **(
-                        {"cuda_rng": ckpt.rng_to_str(torch.cuda.get_rng_state(info.device).cpu())}
-                        if info.device.type == "cuda"
-                        else {}
-                    ),
-                },
+                **parts,
             )
         last_saved["step"] = step
         barrier(info)
@@ -261,6 +297,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
             dist_info=info,
             autocast=autocast,
         )["nats_per_token"]
+        if fsdp:
+            fsdp_lib.reshard(model, ema)  # the next step's update and the EMA read the sharded weights
         log.write({"step": step, "val_nats_per_token": val})
         return val
 
@@ -297,7 +335,10 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
                 if ratio < 1.0:  # attention annealing: causal plus a growing share of later keys
                     anneal_generator.manual_seed(step_seed(tc.seed + 1, step, micro, info.rank))
                     call = AnnealedAttention(forward, ratio, anneal_generator)
-                sync = nullcontext() if (not info.enabled or micro == tc.grad_accum - 1) else forward.no_sync()
+                last = micro == tc.grad_accum - 1  # gradients are reduced over the processes after the last only
+                if fsdp:
+                    model.set_requires_gradient_sync(last)
+                sync = nullcontext() if (not ddp or last) else forward.no_sync()
                 with sync:
                     with autocast():
                         out = objective.loss(call, x0, generator)
@@ -306,6 +347,8 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
             # 5. optimiser step, unless the loss or the gradients are not finite (guard: recorded on the device)
             max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf  # (inf: the norm only, the gradients as they are)
             grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), max_norm)
+            if fsdp:
+                grad_norm = fsdp_lib.local(grad_norm)  # (a replicated DTensor: every process has the whole norm)
             taken = guard.take_step(step + 1, step_loss, grad_norm)
             if taken:
                 optimizer.step()
