@@ -8,15 +8,33 @@ masked diffusion, ``<|pad|>`` pads batches. Their ids are read from the tokenize
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from dlm.errors import DlmError
+from dlm.errors import DlmError, DlmTypeError
 
 EOS, MASK, PAD = "<|endoftext|>", "<|mask|>", "<|pad|>"
 SPECIAL_TOKENS = [EOS, MASK, PAD]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text, what: str = "the text") -> str:
+    """``text`` if it is a str of valid Unicode; a one-line error otherwise. A command-line argument that was not
+    UTF-8 holds its undecodable bytes as lone surrogates (Python's surrogateescape), which no tokenizer encodes."""
+    if not isinstance(text, str):
+        raise DlmTypeError(f"{what} must be a str, got {type(text).__name__}")
+    bad = _SURROGATE.search(text)
+    if bad:
+        code = ord(bad.group())
+        byte = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+        raise DlmError(
+            f"{what} is not valid UTF-8 text ({byte} at character {bad.start()}); pass UTF-8 (convert it with "
+            "iconv -t utf-8, or use a UTF-8 locale)"
+        )
+    return text
 
 
 class Tokenizer:
@@ -91,11 +109,11 @@ class Tokenizer:
         }
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return self.hf.encode(check_text(text), add_special_tokens=False).ids
 
     def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """(ids, the [start, end) character offsets of each token in ``text``)."""
-        enc = self.hf.encode(text, add_special_tokens=False)
+        enc = self.hf.encode(check_text(text), add_special_tokens=False)
         return enc.ids, [tuple(o) for o in enc.offsets]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
