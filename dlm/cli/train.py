@@ -53,6 +53,9 @@ def train(
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start, faster steps)."),
     data: str = typer.Option("austen", help="'austen' (bundled), a .txt file or folder, or hf:NAME[:CONFIG]."),
+    encoding: str = typer.Option(
+        "utf-8", "--encoding", help="Encoding of --data's text files (utf-8; e.g. utf-16, cp1252, latin-1)."
+    ),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (preset default)."),
     precision: str = typer.Option(
@@ -103,7 +106,7 @@ def train(
     cfg.train.objective, cfg.train.max_steps, cfg.train.seed = objective, max_steps, seed
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
-    cfg.data.name, cfg.data.tokenizer = data, tokenizer
+    cfg.data.name, cfg.data.tokenizer, cfg.data.encoding = data, tokenizer, encoding
     cfg.train.anneal_steps = anneal_steps
     if init is not None:
         from dlm.train.adapt import init_config
