@@ -249,7 +249,7 @@ CLI_CASES = [
     ("tokenizer-corrupt", ["sample", "{badtok}"], "is not a valid tokenizer.json"),
     ("eval-missing", ["eval", "{root}/none"], "none"),
     ("eval-max-sequences-0", ["eval", "{run}", "--max-sequences", "0"], "must be positive"),
-    # infill, edit
+    # infill, edit, export
     ("infill-text-not-utf8", ["infill", "{run}", "--text", "a [MASK] \udcff"], "--text is not valid UTF-8"),
     ("infill-bad-hole", ["infill", "{run}", "--text", "a [MASK*x] b"], "MASK"),
     ("infill-on-ar", ["infill", "{ar}", "--text", "a [MASK] b"], "cannot infill"),
