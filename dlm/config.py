@@ -9,6 +9,10 @@ objective.alpha0=0.5``), any subset of the fields of the chosen objective's ``Co
 (validated there, and an option the objective does not take is an error), and ``config.json`` holds every field.
 ``config.json`` carries ``format_version`` (``FORMAT_VERSION``); one without it (format 1, the options in
 ``train``) is migrated on load.
+
+A numeric field's valid values are declared with it (``ranged(default, "[0, 1)")``) and checked, with every
+field's type, in one place, ``RunConfig.validate`` (``check_fields``): a config.json or a ``--set`` with a string
+where an int belongs, or a value out of range, is a one-line error that names the field and the range.
 """
 
 from __future__ import annotations
@@ -16,47 +20,56 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from dlm.errors import DlmError
+
+
+def ranged(default, interval: str, meaning: str = "", flag: str = ""):
+    """A field whose valid values are ``interval`` ("> 0", ">= 0", "[0, 1)", "(0, 1]", ...; no upper end: inf is
+    valid), checked by ``check_fields``; ``meaning`` says what a boundary value does ("0 = off"), ``flag`` is the
+    command-line flag that sets it, named in the error."""
+    return field(default=default, metadata={"interval": interval, "meaning": meaning, "flag": flag})
 
 
 @dataclass
 class DataConfig:
     name: str = "austen"  # "austen" (bundled), a .txt file or folder, "hf:NAME[:CONFIG]", or a saved HF dataset
     text_column: str = "text"  # column read from a Hugging Face dataset
-    val_fraction: float = 0.05  # held-out tail for corpora without their own validation split
-    seq_len: int = 256  # tokens per packed training sequence
+    val_fraction: float = ranged(0.05, "(0, 1)")  # held-out tail for corpora without their own validation split
+    seq_len: int = ranged(256, "> 0")  # tokens per packed training sequence
     tokenizer: str | None = None  # path to a tokenizer.json; None trains a byte-level BPE on the training split
     vocab_size: int = 8192  # size of the trained BPE vocabulary, special tokens included
+    encoding: str = "utf-8"  # of local .txt files (dlm train --encoding); text that is not valid in it is refused
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 8192  # set from the tokenizer at training time
-    d_model: int = 384
-    n_layers: int = 6
-    n_heads: int = 6
-    d_ff: int = 1536
-    max_seq_len: int = 256  # the context the model is trained for; prompts + generation must fit
+    vocab_size: int = ranged(8192, "> 0")  # set from the tokenizer at training time
+    d_model: int = ranged(384, "> 0")
+    n_layers: int = ranged(6, "> 0")
+    n_heads: int = ranged(6, "> 0")
+    d_ff: int = ranged(1536, "> 0")
+    max_seq_len: int = ranged(256, "> 0")  # the context the model is trained for; prompts + generation must fit
     causal: bool = False  # default attention: causal (AR) or bidirectional (diffusion)
     time_conditioning: bool = False  # adaLN conditioning on t
     tie_embeddings: bool = False
-    embed_dim: int = 0  # > 0: token embeddings of this width, projected to and from d_model (Diffusion-LM)
-    rope_base: float = 10000.0  # RoPE's theta (rope_theta in Hugging Face configs)
-    dropout: float = 0.0
+    # > 0: token embeddings of this width, projected to and from d_model (Diffusion-LM)
+    embed_dim: int = ranged(0, ">= 0", "0 = embeddings of width d_model")
+    rope_base: float = ranged(10000.0, "> 0")  # RoPE's theta (rope_theta in Hugging Face configs)
+    dropout: float = ranged(0.0, "[0, 1)")
     # the Llama family (arch "llama": separate q/k/v/o projections, grouped-query attention, SwiGLU, no biases;
     # "dlm": the original fused-qkv / GELU layout, which the fields below do not apply to)
     arch: str = "dlm"
-    n_kv_heads: int = 0  # key-value heads (0: n_heads; fewer: grouped-query attention)
-    head_dim: int = 0  # width of a head (0: d_model // n_heads)
+    n_kv_heads: int = ranged(0, ">= 0", "0 = n_heads")  # key-value heads (fewer: grouped-query attention)
+    head_dim: int = ranged(0, ">= 0", "0 = d_model // n_heads")  # width of a head
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
-    norm_eps: float = 0.0  # RMSNorm epsilon (0: torch's default, the dtype's machine epsilon)
+    norm_eps: float = ranged(0.0, ">= 0", "0 = torch's default")  # RMSNorm epsilon (torch's: the machine epsilon)
     rope_scaling: str = "none"  # "none" or "llama3" (Llama 3.1's frequency-dependent scaling)
     rope_factor: float = 8.0  # llama3: how much the long wavelengths are slowed
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
-    rope_original_max_len: int = 8192  # llama3: the context the base model was trained for
+    rope_original_max_len: int = ranged(8192, "> 0")  # llama3: the context the base model was trained for
     # Dream's shifted prediction: the head's output at position i - 1 scores token i (an AR model adapted to
     # diffusion keeps its next-token knowledge); the model shifts it back, so callers always get "logits at i
     # score token i", and a fixed token (BOS) must stand at position 0
@@ -67,30 +80,33 @@ class ModelConfig:
 class TrainConfig:
     objective: str = "mdlm"  # see dlm.objectives.OBJECTIVES; its options: RunConfig.objective
     schedule: str = "loglinear"  # alpha(t), see dlm.noise.SCHEDULES (diffusion objectives only)
-    max_steps: int = 1000
-    batch_size: int = 16  # sequences per device per micro-step
-    grad_accum: int = 1
-    lr: float = 6e-4
+    max_steps: int = ranged(1000, "> 0", flag="--max-steps")
+    batch_size: int = ranged(16, "> 0", flag="--batch-size")  # sequences per device per micro-step
+    grad_accum: int = ranged(1, "> 0")
+    lr: float = ranged(6e-4, "> 0", flag="--lr")
     lr_schedule: str = "cosine"  # "cosine" (after linear warmup, down to min_lr_ratio * lr) or "constant"
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    warmup_steps: int = ranged(50, ">= 0", "0 = no warm-up")
+    min_lr_ratio: float = ranged(0.1, "[0, 1]")
+    weight_decay: float = ranged(0.01, ">= 0")
+    beta1: float = ranged(0.9, "[0, 1)")
+    beta2: float = ranged(0.95, "[0, 1)")
+    grad_clip: float = ranged(1.0, ">= 0", "0 = no clipping")
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto" (dlm/train/precision.py: bf16 where faster)
     compile: bool = False
-    ema: float = 0.0  # EMA decay of the weights (0 = off); eval and sampling then use the EMA weights
+    ema: float = ranged(
+        0.0, "[0, 1)", "0 = off"
+    )  # EMA decay of the weights; eval and sampling then use the EMA weights
     seed: int = 0
     antithetic: bool = True  # antithetic (stratified) sampling of t across the batch
-    log_every: int = 10
-    eval_every: int = 0  # validation every N steps (0 = only at the end)
-    eval_sequences: int = 64  # validation sequences per periodic evaluation
-    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
-    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this much training time in this invocation (DDP:
-    #                                  at a log step); 0 = no limit; --resume continues
+    log_every: int = ranged(10, "> 0")
+    eval_every: int = ranged(0, ">= 0", "0 = only at the end", "--eval-every")  # validation every N steps
+    eval_sequences: int = ranged(64, "> 0")  # validation sequences per periodic evaluation
+    save_every: int = ranged(0, ">= 0", "0 = only at the end", "--save-every")  # checkpoint every N steps
+    # stop (and checkpoint) after this much training time in this invocation (DDP: at a log step); --resume continues
+    time_limit_minutes: float = ranged(0.0, ">= 0", "0 = no limit", "--time-limit")
     init: str | None = None  # start from this model (dlm.load's paths): adaptation, see dlm.train.adapt
-    anneal_steps: int = 0  # anneal the attention from causal to full over the first K steps (DiffuLLaMA); 0 = off
+    # anneal the attention from causal to full over the first K steps (DiffuLLaMA)
+    anneal_steps: int = ranged(0, ">= 0", "0 = off", "--anneal-steps")
     log: str = ""  # trackers beside metrics.jsonl: "tensorboard", "wandb" or both, comma-separated (dlm.train.tracking)
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run (nothing bad is saved) or "skip" the step
     #                          (counted in metrics.jsonl as skipped_steps; one host sync per step), dlm.train.guard
@@ -186,38 +202,27 @@ class RunConfig:
             raise DlmError(f"config.json has format_version {version!r}; this dlm reads 1 and {FORMAT_VERSION}")
         if not isinstance(d.get("objective", {}), dict):
             raise DlmError(f"config section 'objective' must be a mapping, got {type(d['objective']).__name__}")
+        if isinstance(d.get("train"), dict) and "objective" not in d["train"]:
+            raise DlmError(
+                "the config has no train.objective (what the model was trained for decides how it is read and "
+                'sampled); add it, e.g. "train": {"objective": "mdlm", ...}'
+            )
         cfg = _build(cls, d, "")
         cfg.objective_config()  # strict: options the objective takes, of their types, in range
         return cfg
 
     def validate(self) -> "RunConfig":
-        """Reject values that cannot train, with a one-line DlmError naming the field."""
-        positive = {
-            "data.seq_len": self.data.seq_len,
-            "model.d_model": self.model.d_model,
-            "model.n_layers": self.model.n_layers,
-            "model.n_heads": self.model.n_heads,
-            "model.d_ff": self.model.d_ff,
-            "train.max_steps": self.train.max_steps,
-            "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "train.log_every": self.train.log_every,
-            "train.lr": self.train.lr,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise DlmError(f"{name} must be positive, got {value}")
+        """Reject values that cannot train, with a one-line DlmError naming the field: every field's type and
+        declared range (``check_fields``), then what depends on several fields."""
+        if not isinstance(self.preset, str):
+            raise DlmError(f"preset must be a string, got {self.preset!r}")
+        for name in ("data", "model", "train"):
+            check_fields(getattr(self, name), f"{name}.")
         m = self.model
         check_architecture(m)
-        if m.embed_dim < 0:
-            raise DlmError(f"model.embed_dim must be 0 (embeddings of width d_model) or positive, got {m.embed_dim}")
-        if not 0.0 <= self.train.ema < 1.0:
-            raise DlmError(f"train.ema must be in [0, 1) (0 = off), got {self.train.ema}")
         if self.train.objective == "ar" and m.time_conditioning:
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
         self.objective_config()  # the objective's options, validated by its Config
-        if self.train.anneal_steps < 0:
-            raise DlmError(f"train.anneal_steps must be >= 0 (0 = off), got {self.train.anneal_steps}")
         if self.train.anneal_steps and self.train.objective == "ar":
             raise DlmError("train.anneal_steps anneals causal attention to full: it applies to diffusion objectives")
         from dlm.train.tracking import parse_trackers
@@ -246,8 +251,6 @@ class RunConfig:
             )
         if self.train.parallel == "fsdp" and self.train.lora_rank:
             raise DlmError("train.parallel=fsdp does not shard LoRA adapters (train.lora_rank); use train.parallel=ddp")
-        if not 0.0 < self.data.val_fraction < 1.0:
-            raise DlmError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         return self
 
 
@@ -310,6 +313,55 @@ def check_architecture(m: ModelConfig) -> None:
         )
 
 
+_TYPE_NAMES = {int: "an int", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _is_a(value, kind) -> bool:
+    """isinstance, except that a bool is no number and an int is a float."""
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def check_value(path: str, value, hint, interval: str = "", meaning: str = "", flag: str = "") -> None:
+    """A one-line error unless ``value`` is of type ``hint`` (``int``, ``str | None``, ...) and in ``interval``."""
+    name = f"{flag} ({path})" if flag else path
+    kinds = get_args(hint) or (hint,)
+    if not any(_is_a(value, kind) for kind in kinds):
+        expected = " or ".join(_TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
+        raise DlmError(f"{name} must be {expected}, got {value!r}")
+    if interval and not _in_interval(value, interval):
+        where = interval if interval[0] in "<>" else f"in {interval}"
+        raise DlmError(f"{name} must be {where}{f' ({meaning})' if meaning else ''}, got {value!r}")
+
+
+def _in_interval(value, interval: str) -> bool:
+    """``value`` in ``interval``: "> a", ">= a", or "[a, b]" with either end open ("(", ")"); NaN never is."""
+    if interval.startswith(">="):
+        return value >= float(interval[2:])
+    if interval.startswith(">"):
+        return value > float(interval[1:])
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    return above and (value <= high if interval[-1] == "]" else value < high)
+
+
+def check_fields(section, prefix: str) -> None:
+    """The type and declared range (``ranged``) of every field of a config dataclass."""
+    hints = get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        meta = f.metadata
+        value = getattr(section, f.name)
+        check_value(
+            prefix + f.name,
+            value,
+            hints[f.name],
+            meta.get("interval", ""),
+            meta.get("meaning", ""),
+            meta.get("flag", ""),
+        )
+
+
 def _build(cls, d: dict[str, Any], prefix: str):
     if not isinstance(d, dict):
         raise DlmError(f"config section {prefix or 'root'!r} must be a mapping, got {type(d).__name__}")
@@ -324,6 +376,8 @@ def _build(cls, d: dict[str, Any], prefix: str):
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _build(sub, value, f"{prefix}{name}.")
         else:
+            if get_origin(sub) is not dict:  # the objective section: checked by objective_config
+                check_value(prefix + name, value, sub)
             kwargs[name] = value
     return cls(**kwargs)
 

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from dlm.errors import DlmError
+from dlm.errors import DlmError, DlmTypeError
 from dlm.samplers import SAMPLERS, SampleBatch, model_facts, run_sampler
 
 
@@ -93,7 +93,12 @@ class Engine:
         **options,
     ) -> list[Result]:
         """One continuation per prompt (see the module docstring)."""
+        from dlm.data.tokenizer import check_text
+
+        if not isinstance(prompts, (str, list, tuple)):
+            raise DlmTypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [check_text(p, f"prompt {i}") for i, p in enumerate(prompts)]
         return self.generate_ids([self.tokenizer.encode(p) for p in prompts], sampler, seed, on_step, **options)
 
     def generate_ids(
@@ -112,6 +117,9 @@ class Engine:
         """``generate`` for prompts given as token ids."""
         if not prompts:
             raise DlmError("there must be at least one prompt")
+        check_prompt_ids(prompts, self.config.model.vocab_size)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (gen_length, batch_size)):
+            raise DlmTypeError(f"gen_length and batch_size must be ints, got {gen_length!r} and {batch_size!r}")
         if gen_length <= 0 or batch_size <= 0:
             raise DlmError(f"gen_length and batch_size must be positive, got {gen_length} and {batch_size}")
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
@@ -213,6 +221,20 @@ class Engine:
         from dlm.edit import edit
 
         return edit(self, text, sampler, seed, **options)
+
+
+def check_prompt_ids(prompts, vocab_size: int) -> None:
+    """One-line errors unless ``prompts`` is a list of token-id lists, each id in [0, vocab_size)."""
+    if not isinstance(prompts, (list, tuple)):
+        raise DlmTypeError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
+    for i, row in enumerate(prompts):
+        if isinstance(row, torch.Tensor):
+            row = row.tolist()
+        if not isinstance(row, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+            raise DlmTypeError(f"prompt {i} must be a list of int token ids, got {row!r:.60}")
+        bad = [t for t in row if not 0 <= t < vocab_size]
+        if bad:
+            raise DlmError(f"prompt {i} holds the token id {bad[0]}, outside the model's vocabulary [0, {vocab_size})")
 
 
 def model_device(model) -> torch.device:

@@ -132,6 +132,9 @@ def export(source: str | Path, out_dir: str | Path, *, overwrite: bool = False, 
     from dlm.loader import load
 
     out = Path(out_dir)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise DlmError(f"{out} is a file or lies under one; give a folder to export to")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DlmError(f"{out} is not empty; pass --overwrite to replace it, or choose another folder")

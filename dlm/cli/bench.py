@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from dlm.cli.app import bench_app, device_option, dtype_option
+from dlm.errors import DlmError
 
 
 @bench_app.command("sample")
@@ -42,7 +44,13 @@ def bench_sample(
     """Tokens/s, NFE/token and latency at batch 1 and batch B for every sampler setting (and the AR baseline),
     with generative perplexity, entropy and distinct-2 of the samples; writes JSON, a Markdown table and a plot."""
     from dlm.eval.speed import plot, sample_benchmark
+    from dlm.train.runlock import make_run_dir
 
+    if out is not None or Path(run_dir).exists():  # (a missing RUN_DIR: the loader's error, and no folder made)
+        out = out or Path(run_dir) / "bench"
+        make_run_dir(out)  # a bad --out is an error before the benchmark, not after it
+        if not os.access(out, os.W_OK):
+            raise DlmError(f"cannot write to --out {out} (permission denied); choose another directory")
     report = sample_benchmark(
         run_dir,
         ar,
@@ -61,7 +69,7 @@ def bench_sample(
         judges=tuple(judge or ()),
     )
     out = out or Path(run_dir) / "bench"
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     (out / "sample_bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "sample_bench.md").write_text(report["table"] + "\n")
     written = [out / "sample_bench.json", out / "sample_bench.md"]

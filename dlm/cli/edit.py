@@ -59,8 +59,10 @@ def edit(
     """Revise a text in place and show a word-level diff. Examples:
     dlm edit runs/tiny --text "It is a truth universally acknowledged" --span 8:13;
     dlm edit runs/tiny --text "..." --rounds 3 --below 0.01"""
+    from dlm.data.tokenizer import check_text
     from dlm.engine import Engine
 
+    check_text(text, "--text")
     spans = [parse_span(s) for s in span]
     options = given(
         steps=steps,

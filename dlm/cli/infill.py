@@ -64,10 +64,11 @@ def infill(
     dlm infill runs/tiny --text "It is a truth [MASK*6] acknowledged, that a single man" --lengths 2-10
 
     An AR model cannot infill (it sees only the left side); the error names the samplers that can."""
+    from dlm.data.tokenizer import check_text
     from dlm.engine import Engine
     from dlm.infill import parse_holes, parse_lengths
 
-    parse_holes(text)  # bad holes are an error before the model loads
+    parse_holes(check_text(text, "--text"))  # bad holes are an error before the model loads
     candidates = None if lengths is None else parse_lengths(lengths)
     options = given(
         steps=steps,

@@ -73,10 +73,12 @@ def sample(
     """Generate continuations of prompts. Example: dlm sample runs/tiny --prompt "Emma" --gen-length 32 --steps 32
 
     Sampler options that do not apply to the chosen sampler are an error (e.g. --threshold with ancestral)."""
+    from dlm.data.tokenizer import check_text
     from dlm.engine import Engine
 
     if prompt_file is not None:
         prompt = read_prompt_file(prompt_file)
+    prompt = [check_text(p, "--prompt") for p in prompt]
     if num_samples <= 0 or batch_size <= 0 or not prompt:
         raise DlmError("--num-samples and --batch-size must be positive, and there must be a prompt")
     options = given(

@@ -15,6 +15,7 @@ INIT_LR = 1e-4  # adaptation's default peak learning rate (a pretrained model ne
 
 @app.command()
 def train(
+    ctx: typer.Context,
     preset: str = typer.Option("small", help="Model + training preset: tiny (tests), small (CPU), base (GPU)."),
     objective: str = typer.Option(
         "mdlm",
@@ -53,6 +54,9 @@ def train(
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start, faster steps)."),
     data: str = typer.Option("austen", help="'austen' (bundled), a .txt file or folder, or hf:NAME[:CONFIG]."),
+    encoding: str = typer.Option(
+        "utf-8", "--encoding", help="Encoding of --data's text files (utf-8; e.g. utf-16, cp1252, latin-1)."
+    ),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per process per micro-step (preset default)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (preset default)."),
     precision: str = typer.Option(
@@ -115,7 +119,7 @@ def train(
     cfg.train.objective, cfg.train.max_steps, cfg.train.seed = objective, max_steps, seed
     cfg.train.compile, cfg.train.precision, cfg.train.schedule = compile, precision, schedule
     cfg.train.time_limit_minutes, cfg.train.eval_every, cfg.train.save_every = time_limit, eval_every, save_every
-    cfg.data.name, cfg.data.tokenizer = data, tokenizer
+    cfg.data.name, cfg.data.tokenizer, cfg.data.encoding = data, tokenizer, encoding
     cfg.train.anneal_steps, cfg.train.log, cfg.train.lora_rank = anneal_steps, ",".join(log or []), lora
     if init is not None:
         from dlm.train.adapt import init_config
@@ -132,7 +136,64 @@ def train(
     apply_overrides(cfg, set_ or [])
     if max_steps <= 0:
         raise DlmError("--max-steps must be positive")
+    if resume:
+        check_resume_flags(cfg, out, given_flags(ctx), [item.split("=", 1)[0].strip() for item in set_ or []])
     run_training(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet, device=device)
+
+
+# the flags that set a field of the run config (--max-steps and --time-limit too, but a resumed run takes those)
+FLAG_FIELDS = {
+    "preset": "preset",
+    "objective": "train.objective",
+    "block_size": "objective.block_size",
+    "graph": "objective.graph",
+    "alpha0": "objective.alpha0",
+    "variant": "objective.variant",
+    "seed": "train.seed",
+    "compile": "train.compile",
+    "data": "data.name",
+    "encoding": "data.encoding",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "precision": "train.precision",
+    "schedule": "train.schedule",
+    "tokenizer": "data.tokenizer",
+    "eval_every": "train.eval_every",
+    "save_every": "train.save_every",
+    "init": "train.init",
+    "anneal_steps": "train.anneal_steps",
+}
+
+
+def given_flags(ctx: typer.Context) -> list[str]:
+    """The parameters of this command that the user wrote on the command line (not those left at their default)."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return [name for name, source in sources.items() if source is not None and source.name == "COMMANDLINE"]
+
+
+def check_resume_flags(cfg, out: Path, flags: list[str], set_keys: list[str]) -> None:
+    """--resume continues the run with its saved config: a flag or --set the user gave whose value differs from
+    the saved one is a one-line error, not silently dropped (the flags left at their defaults are not compared)."""
+    from dlm.train import checkpoint as ckpt
+
+    saved_dir = ckpt.newest_complete(out)
+    if saved_dir is None:  # nothing to resume: the training run says so (or --overwrite starts a new one)
+        return
+    saved, wanted = ckpt.load_config(saved_dir).to_dict(), cfg.to_dict()
+
+    def at(d: dict, path: str):
+        for part in path.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    asked = [(f"--{flag.replace('_', '-')}", FLAG_FIELDS[flag]) for flag in flags if flag in FLAG_FIELDS]
+    asked += [(f"--set {key}", key) for key in set_keys if key not in ("train.max_steps", "train.time_limit_minutes")]
+    for flag, path in asked:
+        if at(wanted, path) != at(saved, path):
+            raise DlmError(
+                f"--resume continues {out} with its saved config, and {flag} {at(wanted, path)} differs from its "
+                f"{path} {at(saved, path)}; drop {flag.split()[0]}, or start a new run (--overwrite, or another --out)"
+            )
 
 
 def _set_objective_options(cfg, **shorthands) -> None:

@@ -3,13 +3,16 @@
 Sources:
 - ``austen`` (default, bundled): Jane Austen's six novels; validation = *Persuasion*, training = the other five.
 - a local ``.txt`` file or a folder of ``.txt`` files (one document per file; the last ``val_fraction`` of the
-  characters, cut at a paragraph break, is held out for validation);
+  characters, cut at a paragraph break, is held out for validation), read as UTF-8 (``encoding``: another
+  encoding): a file that is not valid text in it, or a binary file, is refused with what it looks like
+  (``read_text_file``), never decoded with replacement characters;
 - ``hf:NAME`` or ``hf:NAME:CONFIG`` (extra ``dlm[datasets]``): a Hugging Face dataset with a text column, or a
   local folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import re
@@ -71,7 +74,59 @@ def _split_tail(docs: list[str], val_fraction: float) -> tuple[list[str], list[s
     return [text[:cut].strip()], [text[cut:].strip()]
 
 
-def _load_local(path: Path, text_column: str, val_fraction: float) -> Corpus:
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")  # no text holds these (tab, newlines, form feeds aside)
+
+
+def _looks_like(data: bytes) -> str:
+    """What bytes that failed to decode look like, for the error: UTF-16/32, binary, or a legacy 8-bit encoding."""
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(bom):
+            return f"it is {name.upper()} text (it starts with a {name.upper()} byte-order mark): --encoding {name}"
+    head = data[:4096]
+    if head.count(0) > len(head) // 4 and head[1::2].count(0) > len(head) // 4:
+        return "it looks like UTF-16 text without a byte-order mark: --encoding utf-16-le"
+    if 0 in head or len(_CONTROL.findall(head.decode("latin-1"))) > len(head) // 100:
+        return ""
+    return "it may be Windows-1252 / Latin-1 text: --encoding cp1252"
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> str:
+    """The text of a data file, decoded strictly with ``encoding``; a one-line error for a file that is not valid
+    text in it (naming the encoding it looks like) or a binary file."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DlmError(f"unknown --encoding {encoding!r}; e.g. utf-8, utf-16, cp1252, latin-1") from None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DlmError(f"cannot read {path}: {e.strerror}") from None
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    guess = _looks_like(data)
+    try:
+        if utf8 and guess.startswith("it is UTF"):  # valid UTF-8 bytes, in principle, but not meant as such
+            raise UnicodeDecodeError(encoding, data, 0, 2, "a byte-order mark")
+        text = data.decode("utf-8-sig" if utf8 else encoding)
+    except UnicodeDecodeError as e:
+        if not guess:
+            raise DlmError(f"{path} is a binary file, not text; train on .txt files") from None
+        raise DlmError(
+            f"{path} is not valid {encoding} text (byte 0x{data[e.start]:02x} at offset {e.start}); {guess}, or "
+            "convert it: iconv -f ENCODING -t utf-8"
+        ) from None
+    control = _CONTROL.findall(text)
+    if "\x00" in control or len(control) > len(text) // 1000:
+        hint = f"; {guess}" if guess.startswith("it looks like UTF-16") and utf8 else ""
+        raise DlmError(f"{path} is a binary file, not {encoding} text ({len(control)} control characters){hint}")
+    return text
+
+
+def _load_local(path: Path, text_column: str, val_fraction: float, encoding: str = "utf-8") -> Corpus:
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
             return _load_hf(str(path), text_column, val_fraction, local=True)
@@ -80,7 +135,7 @@ def _load_local(path: Path, text_column: str, val_fraction: float) -> Corpus:
             raise DlmError(f"no .txt files under {path}; pass a .txt file, a folder of them, or 'austen'")
     else:
         files = [path]
-    docs = [unwrap_paragraphs(f.read_text(encoding="utf-8", errors="replace")) for f in files]
+    docs = [unwrap_paragraphs(read_text_file(f, encoding)) for f in files]
     docs = [d for d in docs if d]
     if not docs:
         raise DlmError(f"{path} holds no text")
@@ -126,8 +181,10 @@ def _load_hf(spec: str, text_column: str, val_fraction: float, local: bool = Fal
     return Corpus(name=spec, train=train[:-n_val], val=train[-n_val:])
 
 
-def load_corpus(name: str = "austen", *, text_column: str = "text", val_fraction: float = 0.05) -> Corpus:
-    """Load a corpus by name or path (see the module docstring)."""
+def load_corpus(
+    name: str = "austen", *, text_column: str = "text", val_fraction: float = 0.05, encoding: str = "utf-8"
+) -> Corpus:
+    """Load a corpus by name or path (see the module docstring); ``encoding``: of local text files."""
     if name == "austen":
         return Corpus(
             name="austen",
@@ -138,5 +195,5 @@ def load_corpus(name: str = "austen", *, text_column: str = "text", val_fraction
         return _load_hf(name[3:], text_column, val_fraction)
     path = Path(name).expanduser()
     if path.exists():
-        return _load_local(path, text_column, val_fraction)
+        return _load_local(path, text_column, val_fraction, encoding)
     raise DlmError(f"data {name!r} is not 'austen', an existing .txt file or folder, or 'hf:NAME'; check the path")

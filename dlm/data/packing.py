@@ -121,7 +121,7 @@ class SequenceLoader:
 
 def load_packed(cfg: DataConfig, tokenizer: Tokenizer | None = None):
     """Return ``(tokenizer, train, val)`` for a data config; trains or loads the tokenizer if not given."""
-    corpus = load_corpus(cfg.name, text_column=cfg.text_column, val_fraction=cfg.val_fraction)
+    corpus = load_corpus(cfg.name, text_column=cfg.text_column, val_fraction=cfg.val_fraction, encoding=cfg.encoding)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else corpus_tokenizer(corpus, cfg.vocab_size)
     key = corpus.fingerprint()

@@ -8,15 +8,33 @@ masked diffusion, ``<|pad|>`` pads batches. Their ids are read from the tokenize
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from dlm.errors import DlmError
+from dlm.errors import DlmError, DlmTypeError
 
 EOS, MASK, PAD = "<|endoftext|>", "<|mask|>", "<|pad|>"
 SPECIAL_TOKENS = [EOS, MASK, PAD]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text, what: str = "the text") -> str:
+    """``text`` if it is a str of valid Unicode; a one-line error otherwise. A command-line argument that was not
+    UTF-8 holds its undecodable bytes as lone surrogates (Python's surrogateescape), which no tokenizer encodes."""
+    if not isinstance(text, str):
+        raise DlmTypeError(f"{what} must be a str, got {type(text).__name__}")
+    bad = _SURROGATE.search(text)
+    if bad:
+        code = ord(bad.group())
+        byte = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+        raise DlmError(
+            f"{what} is not valid UTF-8 text ({byte} at character {bad.start()}); pass UTF-8 (convert it with "
+            "iconv -t utf-8, or use a UTF-8 locale)"
+        )
+    return text
 
 
 class Tokenizer:
@@ -30,9 +48,7 @@ class Tokenizer:
     """
 
     def __init__(self, hf: HFTokenizer):
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
-        if missing:
-            hf.add_special_tokens(missing)
+        hf = with_special_tokens(hf, SPECIAL_TOKENS)
         self.hf = hf
         self.eos_id: int = hf.token_to_id(EOS)
         self.mask_id: int | None = hf.token_to_id(MASK)
@@ -66,8 +82,7 @@ class Tokenizer:
         """Give a foreign tokenizer a mask token (an added special token, the next free id) and return its id; a
         tokenizer that has one keeps it."""
         if self.mask_id is None:
-            if self.hf.token_to_id(token) is None:
-                self.hf.add_special_tokens([token])
+            self.hf = with_special_tokens(self.hf, [token])
             self.mask_id = self.hf.token_to_id(token)
         return self.mask_id
 
@@ -91,11 +106,11 @@ class Tokenizer:
         }
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return self.hf.encode(check_text(text), add_special_tokens=False).ids
 
     def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """(ids, the [start, end) character offsets of each token in ``text``)."""
-        enc = self.hf.encode(text, add_special_tokens=False)
+        enc = self.hf.encode(check_text(text), add_special_tokens=False)
         return enc.ids, [tuple(o) for o in enc.offsets]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -113,6 +128,45 @@ class Tokenizer:
         self.hf.save(str(path))
         if self.is_foreign:
             (path.parent / "tokenizer_config.json").write_text(json.dumps(self.special_config(), indent=1))
+
+
+def with_special_tokens(hf: HFTokenizer, tokens: list[str]) -> HFTokenizer:
+    """``hf`` with those of ``tokens`` it lacks added as special tokens, each at an id no other token has.
+
+    tokenizers numbers a new token after the model's vocabulary size, an id already in use when the vocabulary has
+    a gap (a token deleted from tokenizer.json by hand, e.g. ``<|mask|>``): such tokens fill the lowest free ids
+    instead, in the model's vocabulary and the added tokens both."""
+    missing = [t for t in tokens if hf.token_to_id(t) is None]
+    if not missing:
+        return hf
+    used = set(hf.get_vocab(with_added_tokens=True).values())
+    trial = HFTokenizer.from_str(hf.to_str())
+    trial.add_special_tokens(missing)
+    if not any(trial.token_to_id(t) in used for t in missing):
+        hf.add_special_tokens(missing)  # the usual case: the next ids are free
+        return hf
+    spec = json.loads(hf.to_str())
+    vocab = spec.get("model", {}).get("vocab")
+    if not isinstance(vocab, dict):  # a Unigram model: ids are list positions, there are no gaps to fill
+        raise DlmError(
+            f"the tokenizer lacks {', '.join(missing)} and tokenizers would give it an id already in use; add it "
+            "to tokenizer.json's added_tokens"
+        )
+    free = (i for i in range(len(used) + len(missing)) if i not in used)
+    for token, id_ in zip(missing, free):
+        vocab[token] = id_
+        spec["added_tokens"].append(
+            {
+                "id": id_,
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        )
+    return HFTokenizer.from_str(json.dumps(spec))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 8192) -> Tokenizer:

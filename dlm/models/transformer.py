@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dlm.config import ModelConfig, check_architecture
-from dlm.errors import DlmError
+from dlm.errors import DlmError, DlmTypeError
 from dlm.models.llama import GroupedQueryAttention, SwiGLU, heads
 from dlm.models.rope import apply_rope, rope_angles, rope_inv_freq
 
@@ -222,6 +222,28 @@ def _report_checkpoint_names(module, incompatible_keys) -> None:
 _ENTRIES = ("forward_embeds",)  # the methods ``call_method`` may run through a wrapper's forward
 
 
+def check_token_ids(x, vocab_size: int | None, what: str = "x") -> None:
+    """One-line errors unless ``x`` is an integer tensor [B, L] of ids in [0, vocab_size) (None: any id). The range
+    costs a host sync: it is checked on the CPU, and elsewhere outside autograd (sampling, evaluation), so that a
+    training step on an accelerator never waits for it (an id out of range fails there in the embedding)."""
+    if not isinstance(x, torch.Tensor):
+        raise DlmTypeError(f"{what} must be a tensor [B, L] of token ids, got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise DlmTypeError(f"{what} must hold integer token ids (torch.long), got {x.dtype}")
+    if x.dim() != 2:
+        hint = f"; a single sequence needs a batch dimension: {what}[None]" if x.dim() == 1 else ""
+        raise DlmError(f"{what} must be [B, L] (a batch of token sequences), got shape {tuple(x.shape)}{hint}")
+    checkable = x.device.type == "cpu" or not torch.is_grad_enabled()
+    if vocab_size is None or not x.numel() or not checkable or torch.compiler.is_compiling():
+        return
+    low, high = x.aminmax()
+    low, high = int(low), int(high)
+    if low < 0 or high >= vocab_size:
+        raise DlmError(
+            f"{what} holds the token id {low if low < 0 else high}, outside the model's vocabulary [0, {vocab_size})"
+        )
+
+
 class Transformer(nn.Module):
     """The backbone; its contract is in the module docstring."""
 
@@ -383,6 +405,13 @@ class Transformer(nn.Module):
                 stacklevel=2,
             )
             return self.forward_embeds(inputs_embeds, t, **kw)
+        check_token_ids(x, self.config.vocab_size)
+        past = 0 if kv_cache is None else kv_cache.offset
+        if positions is None and past + x.shape[1] > self.config.max_seq_len:
+            raise DlmError(
+                f"{past + x.shape[1]} positions exceed the model's context of {self.config.max_seq_len} tokens "
+                "(model.max_seq_len); shorten the input"
+            )
         return self.logits(self.forward_embeds(self.embed(x), t, **kw))  # (B, L, V)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dlm.errors import DlmError
+from dlm.errors import DlmError, DlmTypeError
 from dlm.models.transformer import CanvasCache
 from dlm.noise.categorical import filter_logits, gumbel_noise, uniform
 from dlm.noise.schedules import get_schedule
@@ -233,6 +233,28 @@ def confidence_sample(
     return SampleOutput(x, nfe)
 
 
+def check_generate_inputs(model, prompt, mask_id, gen_length) -> None:
+    """``dlm.generate``'s arguments: one-line errors for a prompt that is not [B, Lp] token ids of the model's
+    vocabulary, a mask id outside it, or a canvas longer than the model's context."""
+    from dlm.models.transformer import check_token_ids, unwrap
+
+    config = getattr(unwrap(model), "config", None)
+    vocab, context = getattr(config, "vocab_size", None), getattr(config, "max_seq_len", None)
+    check_token_ids(prompt, vocab, "prompt")
+    for name, value in (("mask_id", mask_id), ("gen_length", gen_length)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DlmTypeError(f"{name} must be an int, got {value!r}")
+    if gen_length <= 0:
+        raise DlmError(f"gen_length must be positive, got {gen_length}")
+    if vocab is not None and not 0 <= mask_id < vocab:
+        raise DlmError(f"mask_id {mask_id} is outside the model's vocabulary [0, {vocab})")
+    if context is not None and prompt.shape[1] + gen_length > context:
+        raise DlmError(
+            f"prompt ({prompt.shape[1]} tokens) + gen_length ({gen_length}) exceeds the model's context of "
+            f"{context} tokens"
+        )
+
+
 def confidence_generate(
     model,
     prompt: torch.Tensor,
@@ -263,6 +285,7 @@ def confidence_generate(
     ``prompt_mask`` [B, Lp] marks the real tokens of left-padded prompts; ``eos_id`` ends each row at its first
     ``<|endoftext|>`` (what follows is returned as ``<|endoftext|>``); ``schedule`` (a name) for time-conditioned
     models; ``generator``: one, or one per row; ``history`` (a list) receives the canvas [B, L] after every step."""
+    check_generate_inputs(model, prompt, mask_id, gen_length)
     batch = SampleBatch.from_tensor(prompt, gen_length, mask_id=mask_id, prompt_mask=prompt_mask, eos_id=eos_id)
     name = None if schedule is None else getattr(schedule, "name", schedule)
     config = ConfidenceConfig(

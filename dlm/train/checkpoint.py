@@ -344,12 +344,15 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_config(ckpt: Path) -> RunConfig:
+    """The checkpoint's config.json, validated; an error names the file."""
     try:
-        return RunConfig.from_dict(json.loads((ckpt / "config.json").read_text()))
+        return RunConfig.from_dict(json.loads((ckpt / "config.json").read_text())).validate()
     except FileNotFoundError:
         raise DlmError(f"{ckpt / 'config.json'} is missing; the checkpoint is incomplete") from None
     except json.JSONDecodeError as e:
         raise DlmError(f"{ckpt / 'config.json'} is not valid JSON ({e}); restore the checkpoint") from None
+    except DlmError as e:
+        raise DlmError(f"{ckpt / 'config.json'}: {e}") from None
 
 
 def load_weights(model: Transformer, path: Path) -> None:
