@@ -165,6 +165,16 @@ FLAG_FIELDS = {
 }
 
 
+# what a resumed run takes from the command line (how long it runs, how it is spread and logged), not the checkpoint
+RESUME_MAY_CHANGE = (
+    "train.max_steps",
+    "train.time_limit_minutes",
+    "train.log",
+    "train.parallel",
+    "train.activation_checkpointing",
+)
+
+
 def given_flags(ctx: typer.Context) -> list[str]:
     """The parameters of this command that the user wrote on the command line (not those left at their default)."""
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
@@ -187,7 +197,7 @@ def check_resume_flags(cfg, out: Path, flags: list[str], set_keys: list[str]) ->
         return d
 
     asked = [(f"--{flag.replace('_', '-')}", FLAG_FIELDS[flag]) for flag in flags if flag in FLAG_FIELDS]
-    asked += [(f"--set {key}", key) for key in set_keys if key not in ("train.max_steps", "train.time_limit_minutes")]
+    asked += [(f"--set {key}", key) for key in set_keys if key not in RESUME_MAY_CHANGE]
     for flag, path in asked:
         if at(wanted, path) != at(saved, path):
             raise DlmError(
