@@ -156,6 +156,20 @@ def create_app(
         job = parse_task(kind, await json_body(request), engine, model_id, limits)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         ticket = batcher.submit(job, lambda event: loop.call_soon_threadsafe(events.put_nowait, event), timeout)
+        event = await finished(request, ticket, events)
+        if not isinstance(event, dict):
+            return event  # the client left
+        result = dict(event["result"])
+        tokens, nfe, seconds = result.pop("completion_tokens"), result.pop("nfe"), result.pop("seconds")
+        logline(request, ticket, 200, f"tokens={tokens} nfe={nfe}")
+        body = {"id": f"{kind}-{ticket.id}", "object": f"dlm.{kind}", "created": int(time.time())}
+        body.update(model=model_id, **result, usage={"completion_tokens": tokens})
+        body["dlm"] = {**job.settings(), "nfe": nfe, "seconds": round(seconds, 4), "batch_rows": 1}
+        return body
+
+    async def finished(request: Request, ticket: Ticket, events: asyncio.Queue):
+        """The ticket's "done" event, or a 499 response once the client has hung up (checked every 0.5 s); an
+        "error" event is raised. The ticket is cancelled either way, so its rows leave the batch."""
         try:
             while True:
                 try:
@@ -168,13 +182,7 @@ def create_app(
                 if event["type"] == "error":
                     raise event["error"]
                 if event["type"] == "done":
-                    result = dict(event["result"])
-                    tokens, nfe, seconds = result.pop("completion_tokens"), result.pop("nfe"), result.pop("seconds")
-                    logline(request, ticket, 200, f"tokens={tokens} nfe={nfe}")
-                    body = {"id": f"{kind}-{ticket.id}", "object": f"dlm.{kind}", "created": int(time.time())}
-                    body.update(model=model_id, **result, usage={"completion_tokens": tokens})
-                    body["dlm"] = {**job.settings(), "nfe": nfe, "seconds": round(seconds, 4), "batch_rows": 1}
-                    return body
+                    return event
         finally:
             batcher.cancel(ticket)
 
@@ -188,22 +196,11 @@ def create_app(
             return StreamingResponse(
                 stream(request, kind, ticket, events), media_type="text/event-stream", headers=headers
             )
-        try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(events.get(), 0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        logline(request, ticket, 499, "client disconnected")
-                        return JSONResponse({}, 499)
-                    continue
-                if event["type"] == "error":
-                    raise event["error"]
-                if event["type"] == "done":
-                    logline(request, ticket, 200, event=event)
-                    return response(kind, ticket, event)
-        finally:
-            batcher.cancel(ticket)
+        event = await finished(request, ticket, events)
+        if not isinstance(event, dict):
+            return event  # the client left
+        logline(request, ticket, 200, event=event)
+        return response(kind, ticket, event)
 
     def response(kind: str, ticket: Ticket, done: dict) -> dict:
         job = ticket.job
