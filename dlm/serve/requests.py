@@ -149,12 +149,7 @@ def parse(kind: str, body, engine, model_id: str, limits: Limits) -> Job:
             "dlm must be an object of dlm settings, e.g. {'sampler': 'confidence', 'steps': 64}", param="dlm"
         )
     sampler, options = sampler_options(body, ext, engine)
-    try:
-        _, config = engine.sampler_config(sampler, **options)
-    except DlmError as e:
-        raise ApiError(str(e).replace("--", "dlm."), param="dlm") from None
-    except (TypeError, ValueError) as e:
-        raise ApiError(f"a dlm setting has the wrong type: {e}", param="dlm") from None
+    config = checked_config(engine.sampler_config, sampler, options)
     check_layout(sampler, config, longest, max_tokens)
     stream = boolean(body, "stream", False)
     denoising = boolean(ext, "stream_denoising", False, prefix="dlm.")
@@ -193,6 +188,17 @@ def requested_max_tokens(body: dict, kind: str) -> tuple[int | None, str]:
     if body.get(name) is None:
         return None, name
     return integer(body, name, None, 1, None), name
+
+
+def checked_config(configure, sampler: str, options: dict):
+    """``configure(sampler, **options)`` (an Engine's ``sampler_config`` or ``infill_sampler_config``) -> the
+    sampler's config; an unknown or mistyped setting is a 400 naming the ``dlm.`` field."""
+    try:
+        return configure(sampler, **options)[1]
+    except DlmError as e:
+        raise ApiError(str(e).replace("--", "dlm."), param="dlm") from None
+    except (TypeError, ValueError) as e:
+        raise ApiError(f"a dlm setting has the wrong type: {e}", param="dlm") from None
 
 
 def sampler_options(body: dict, ext: dict, engine) -> tuple[str, dict]:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from dlm.errors import DlmError
 from dlm.samplers import user_fields
-from dlm.serve.requests import MAX_SEED, ApiError, Limits, integer, sampler_options
+from dlm.serve.requests import MAX_SEED, ApiError, Limits, checked_config, integer, sampler_options
 
 FIELDS = {
     "infill": ("model", "text", "seed", "lengths", "nelbo_samples", "user", "dlm"),
@@ -81,12 +81,7 @@ def parse_task(kind: str, body, engine, model_id: str, limits: Limits) -> Task:
         except DlmError as e:
             raise ApiError(str(e).replace("--", ""), param="model") from None
     sampler, options = sampler_options({}, ext, engine)
-    try:
-        _, config = engine.infill_sampler_config(sampler, **options)
-    except DlmError as e:
-        raise ApiError(str(e).replace("--", "dlm."), param="dlm") from None
-    except (TypeError, ValueError) as e:
-        raise ApiError(f"a dlm setting has the wrong type: {e}", param="dlm") from None
+    config = checked_config(engine.infill_sampler_config, sampler, options)
     make = infill_task if kind == "infill" else edit_task
     return make(body, engine, text, sampler, config, options, seed, limits)
 
