@@ -74,6 +74,12 @@ class ModelConfig:
     # diffusion keeps its next-token knowledge); the model shifts it back, so callers always get "logits at i
     # score token i", and a fixed token (BOS) must stand at position 0
     logits_shift: bool = False
+    # clean-causal attention (Eso-LM's cacheable attention with the clean tokens in their own order): an unmasked
+    # token attends to the unmasked tokens at or before it, a masked one to every unmasked token and to itself.
+    # An AR model adapted this way keeps its causal view of the text it has, so a short adaptation keeps its
+    # English (docs/REAL_MODELS.md); the pattern follows the input, so it needs the mask token's id
+    clean_causal: bool = False
+    mask_id: int = ranged(-1, ">= -1", "-1 = none; set from the tokenizer at training time")
 
 
 @dataclass
@@ -223,6 +229,11 @@ class RunConfig:
         if self.train.objective == "ar" and m.time_conditioning:
             raise DlmError("the ar objective has no time: drop model.time_conditioning")
         self.objective_config()  # the objective's options, validated by its Config
+        if m.clean_causal and self.train.objective != "mdlm":
+            raise DlmError(
+                f"model.clean_causal is an attention for the mdlm objective (it reads the mask tokens), not "
+                f"{self.train.objective}"
+            )
         if self.train.anneal_steps and self.train.objective == "ar":
             raise DlmError("train.anneal_steps anneals causal attention to full: it applies to diffusion objectives")
         from dlm.train.tracking import parse_trackers
@@ -302,6 +313,8 @@ def check_architecture(m: ModelConfig) -> None:
         raise DlmError(f"model.n_kv_heads {m.n_kv_heads} must divide model.n_heads {m.n_heads} (0: as many)")
     if m.norm_eps < 0:
         raise DlmError(f"model.norm_eps must be >= 0 (0: torch's default), got {m.norm_eps}")
+    if m.clean_causal and m.causal:
+        raise DlmError("model.clean_causal is an attention for diffusion models: it does not apply to causal ones")
     if m.rope_scaling not in ("none", "llama3"):
         raise DlmError(f"unknown model.rope_scaling {m.rope_scaling!r}; choose one of: none, llama3")
     if m.rope_scaling == "llama3" and not (

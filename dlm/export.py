@@ -7,8 +7,8 @@ Every model with the Llama-family architecture exports: one loaded from a llama 
 adapted from one (``dlm train --init``), or trained with ``--set model.arch=llama``. The layout is Llama's
 (``model_type`` llama), Qwen2's when the model has q/k/v biases. An AR model loads in
 ``transformers.AutoModelForCausalLM`` with the same logits (give it the tokenizer's BOS first, as dlm does); a
-diffusion model gets the same layout and ``config.json["dlm"] = {"objective", "mask_token_id", "logits_shift"}``,
-which ``dlm.load`` reads back (transformers would run it as a causal LM, which it is not).
+diffusion model gets the same layout and ``config.json["dlm"] = {"objective", "mask_token_id", "logits_shift",
+"clean_causal"}``, which ``dlm.load`` reads back (transformers would run it as a causal LM, which it is not).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def hf_config(run_config, tokenizer) -> dict:
             "objective": run_config.train.objective,
             "mask_token_id": None if tokenizer is None else tokenizer.mask_id,
             "logits_shift": m.logits_shift,
+            "clean_causal": m.clean_causal,
         }
     return config
 

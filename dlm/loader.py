@@ -194,6 +194,11 @@ def _run_config(hf: dict, objective: str | None) -> RunConfig:
     native = ours.get("objective") or ("ar" if model_type in ("llama", "qwen2") else "mdlm")
     if "logits_shift" in ours:
         model.logits_shift = bool(ours["logits_shift"])
+    if ours.get("clean_causal"):
+        model.clean_causal, model.mask_id = (
+            True,
+            int(ours.get("mask_token_id") if ours.get("mask_token_id") is not None else -1),
+        )
     config = RunConfig(preset="pretrained", model=model)
     config.train.objective = native
     config.model.causal = native == "ar"

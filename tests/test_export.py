@@ -57,7 +57,8 @@ def test_an_adapted_diffusion_model_round_trips(tmp_path):
 
     out = export_hf(model, tokenizer, cfg, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
-    assert config["dlm"] == {"objective": "mdlm", "mask_token_id": VOCAB - 8, "logits_shift": True}
+    want = {"objective": "mdlm", "mask_token_id": VOCAB - 8, "logits_shift": True, "clean_causal": False}
+    assert config["dlm"] == want
     again, tok2, cfg2 = dlm.load(out)
     assert cfg2.train.objective == "mdlm" and cfg2.model.logits_shift and not cfg2.model.causal
     assert tok2.mask_id == tokenizer.mask_id and tok2.stop_ids == tokenizer.stop_ids

@@ -97,6 +97,13 @@ def train(
     anneal_steps: int = typer.Option(
         0, "--anneal-steps", help="Anneal the attention from causal to full over the first K steps (DiffuLLaMA)."
     ),
+    clean_causal: bool = typer.Option(
+        False,
+        "--clean-causal",
+        help="mdlm: clean-causal attention instead of full (model.clean_causal): unmasked tokens attend causally "
+        "to the unmasked ones, masked tokens to every unmasked token and themselves. With --init from an AR model "
+        "the source keeps its view of the text, so a short adaptation keeps its English (docs/REAL_MODELS.md).",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="Device (default: cuda when there is one, or cpu)."),
     log: Optional[List[str]] = typer.Option(
         None,
@@ -128,6 +135,8 @@ def train(
             raise DlmError("--init keeps the source model's tokenizer; drop --tokenizer")
         init_config(cfg, init)
         cfg.train.lr = INIT_LR
+    if clean_causal:
+        cfg.model.clean_causal = True
     if batch_size is not None:
         cfg.train.batch_size = batch_size
     if lr is not None:
@@ -158,6 +167,7 @@ FLAG_FIELDS = {
     "precision": "train.precision",
     "schedule": "train.schedule",
     "tokenizer": "data.tokenizer",
+    "clean_causal": "model.clean_causal",
     "eval_every": "train.eval_every",
     "save_every": "train.save_every",
     "init": "train.init",

@@ -123,6 +123,20 @@ class CanvasCache:
         self.keys: dict[int, torch.Tensor] = {}  # layer -> [B, H, T, Dh]
         self.values: dict[int, torch.Tensor] = {}
         self.window: tuple[int, int] | None = None
+        self.clean: torch.Tensor | None = None  # [B, T]: which slots held an unmasked token (clean-causal models)
+
+    def clean_keys(self, clean: torch.Tensor) -> torch.Tensor:
+        """Record which tokens of this call are unmasked (bool [B, L]) in their slots; -> the whole canvas's [B, T]."""
+        if self.window is None:
+            self.clean = clean.clone()
+            return self.clean
+        start, end = self.window
+        if self.clean is None or end - start != clean.shape[1]:
+            raise ValueError(
+                f"window {self.window} needs a stored canvas and {end - start} tokens, got {clean.shape[1]}"
+            )
+        self.clean[:, start:end] = clean
+        return self.clean
 
     @property
     def offset(self) -> int:
@@ -253,6 +267,8 @@ class Transformer(nn.Module):
             check_architecture(cfg)
         except DlmError as e:
             raise ValueError(str(e)) from None
+        if cfg.clean_causal and not 0 <= cfg.mask_id < cfg.vocab_size:
+            raise ValueError(f"model.clean_causal needs model.mask_id, the mask token's id, got {cfg.mask_id}")
         self.config = cfg
         width = cfg.embed_dim or cfg.d_model  # E, the width of the token-embedding space
         self.tok_embed = nn.Embedding(cfg.vocab_size, width)  # ``embed.weight`` in state dicts (the hooks below)
@@ -325,6 +341,27 @@ class Transformer(nn.Module):
         if self.config.logits_shift:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out
+
+    def clean_causal_mask(self, x: torch.Tensor, attn_mask: torch.Tensor | None, kv_cache) -> torch.Tensor:
+        """bool [B, L, T] of ``ModelConfig.clean_causal`` for tokens x [B, L] (True = attend): an unmasked query
+        attends to the unmasked keys at or before it, a masked query to every unmasked key and to itself; and with
+        ``attn_mask`` (e.g. padding) as well. A ``CanvasCache`` supplies which of its other slots are unmasked; a
+        query left with no key keeps itself (no NaN rows)."""
+        if isinstance(kv_cache, KVCache):
+            raise ValueError("a clean-causal model decodes without a cache or with a CanvasCache, not a KVCache")
+        clean = x != self.config.mask_id  # (B, L)
+        past = 0 if kv_cache is None else kv_cache.offset
+        keys = clean if kv_cache is None else kv_cache.clean_keys(clean)  # (B, T)
+        L, T = x.shape[1], keys.shape[1]
+        query_pos = past + torch.arange(L, device=x.device)
+        key_pos = torch.arange(T, device=x.device)
+        before = key_pos[None, :] <= query_pos[:, None]  # (L, T)
+        itself = key_pos[None, :] == query_pos[:, None]
+        mask = torch.where(clean[:, :, None], keys[:, None, :] & before, keys[:, None, :] | itself)  # (B, L, T)
+        if attn_mask is not None:
+            mask = mask & (attn_mask if attn_mask.dim() == 3 else attn_mask[None])
+            mask = mask | (itself & ~mask.any(-1, keepdim=True))
+        return mask
 
     def forward_embeds(
         self,
@@ -406,6 +443,8 @@ class Transformer(nn.Module):
             )
             return self.forward_embeds(inputs_embeds, t, **kw)
         check_token_ids(x, self.config.vocab_size)
+        if self.config.clean_causal:
+            kw["attn_mask"] = self.clean_causal_mask(x, attn_mask, kv_cache)
         past = 0 if kv_cache is None else kv_cache.offset
         if positions is None and past + x.shape[1] > self.config.max_seq_len:
             raise DlmError(

@@ -12,6 +12,11 @@ the existing rows (the mask is an "unknown token", the average of what it might 
 ``train.anneal_steps`` K > 0 anneals the attention from causal to full over the first K steps (DiffuLLaMA): at step
 s every query attends to the keys before it and to each later key with probability s / K, drawn afresh every
 micro-batch (``AnnealedAttention``); from step K on it is the model's own bidirectional attention.
+
+``--set model.clean_causal=true`` (``dlm train --clean-causal``) adapts to clean-causal attention instead: an unmasked
+token keeps attending causally to the unmasked tokens before it, and a masked token attends to every unmasked token
+(both sides) and to itself. The source's causal view of the text it has is left intact, so a short adaptation keeps
+far more of its English than full attention does (docs/REAL_MODELS.md, ``adapt_attention``); no annealing needed.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def init_model(run_config: RunConfig, device):
     if changed:
         raise DlmError(f"--init keeps the source's shape; model.{changed[0]} cannot be changed")
     cfg.vocab_size = max(src_cfg.model.vocab_size, tokenizer.vocab_size)
+    set_mask_id(cfg, tokenizer)
     state = source.state_dict()
     grow = cfg.vocab_size - src_cfg.model.vocab_size
     if grow > 0:
@@ -67,6 +73,14 @@ def init_model(run_config: RunConfig, device):
     model = Transformer(cfg)
     model.load_state_dict(state)
     return model.to(device), tokenizer
+
+
+def set_mask_id(model_config, tokenizer) -> None:
+    """A clean-causal model (``model.clean_causal``) reads which tokens are masked: give it the tokenizer's mask id."""
+    if model_config.clean_causal:
+        if tokenizer.mask_id is None:
+            raise DlmError("model.clean_causal needs a tokenizer with a mask token")
+        model_config.mask_id = tokenizer.mask_id
 
 
 class AnnealedAttention:

@@ -48,7 +48,7 @@ from dlm.objectives import OBJECTIVES
 from dlm.train import checkpoint as ckpt
 from dlm.train import sharded
 from dlm.train.activation_checkpointing import checkpoint_activations
-from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model
+from dlm.train.adapt import AnnealedAttention, anneal_ratio, init_model, set_mask_id
 from dlm.train.distributed import DistInfo, all_reduce_max, barrier, setup_distributed, teardown
 from dlm.train.guard import NonFiniteGuard
 from dlm.train.lora import ADAPTER_FILE, LoRA, load_adapter
@@ -181,6 +181,7 @@ def _train(cfg: RunConfig, out_dir: Path, info: DistInfo, *, saved: Path | None,
     tokenizer, train_set, val_set = load_packed(cfg.data, tokenizer)
     if not tc.init:
         cfg.model.vocab_size = tokenizer.vocab_size
+    set_mask_id(cfg.model, tokenizer)
     objective = OBJECTIVES.build(cfg, tokenizer)  # its options from cfg.objective, the special ids from tokenizer
     cfg.model.causal = objective.causal
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len + cfg.model.logits_shift)  # + BOS
