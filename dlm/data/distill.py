@@ -77,6 +77,37 @@ def keep_answer(text: str, cut: bool) -> bool:
     return len(words) < 12 or len(set(grams)) >= len(grams) / 2
 
 
+def teacher_answers(
+    engine, prompts: list[str], seed: int = 0, *, max_new_tokens=64, batch_size=8, temperature=0.0, progress=True
+):
+    """The Engine's ``Result`` for each prompt as the user's message of a chat, answered by the ``ar`` sampler
+    (prompt i with seed ``seed + i``), ``batch_size`` prompts at a time, left-padded."""
+    from tqdm import tqdm
+
+    from dlm.data.chat import render_chat
+
+    if max_new_tokens <= 0 or batch_size <= 0:
+        raise DlmError(f"--max-new-tokens and --batch-size must be positive, got {max_new_tokens} and {batch_size}")
+    tok = engine.tokenizer
+    if "ar" not in engine.samplers or tok is None:
+        raise DlmError("the teacher must be an autoregressive chat model with a tokenizer (one the ar sampler runs)")
+    ids = [tok.encode(render_chat(tok, [{"role": "user", "content": p}])) for p in prompts]
+    results = []
+    with tqdm(total=len(prompts), desc="distill", unit="prompt", disable=not progress) as bar:
+        for first in range(0, len(prompts), batch_size):
+            chunk = range(first, min(first + batch_size, len(prompts)))
+            results += engine.generate_ids(
+                [ids[i] for i in chunk],
+                "ar",
+                [seed + i for i in chunk],
+                gen_length=max_new_tokens,
+                batch_size=batch_size,
+                temperature=temperature,
+            )
+            bar.update(len(chunk))
+    return results
+
+
 def distill_records(
     n: int,
     seed: int = 0,
@@ -92,34 +123,14 @@ def distill_records(
 ) -> list[dict]:
     """{"prompt", "response"} records of ``n`` generated prompts answered by ``teacher`` (or a loaded ``engine``),
     the filtered ones left out unless ``keep_all``."""
-    from tqdm import tqdm
-
-    from dlm.data.chat import render_chat
     from dlm.engine import Engine
 
-    if max_new_tokens <= 0 or batch_size <= 0:
-        raise DlmError(f"--max-new-tokens and --batch-size must be positive, got {max_new_tokens} and {batch_size}")
     engine = engine or Engine.load(teacher)
-    tok = engine.tokenizer
-    if "ar" not in engine.samplers or tok is None:
-        raise DlmError(f"the teacher {teacher!r} must be an autoregressive chat model with a tokenizer (an ar model)")
     prompts = distill_prompts(n, seed, corpus)
-    ids = [tok.encode(render_chat(tok, [{"role": "user", "content": p}])) for p in prompts]
+    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, progress=progress)
     records = []
-    with tqdm(total=len(prompts), desc="distill", unit="prompt", disable=not progress) as bar:
-        for first in range(0, len(prompts), batch_size):
-            chunk = range(first, min(first + batch_size, len(prompts)))
-            results = engine.generate_ids(
-                [ids[i] for i in chunk],
-                "ar",
-                [seed + i for i in chunk],
-                gen_length=max_new_tokens,
-                batch_size=batch_size,
-                temperature=temperature,
-            )
-            for i, result in zip(chunk, results):
-                answer = result.text.strip()
-                if keep_all or keep_answer(answer, len(result.tokens) == max_new_tokens):
-                    records.append({"prompt": prompts[i], "response": answer})
-            bar.update(len(chunk))
+    for prompt, result in zip(prompts, teacher_answers(engine, prompts, seed, **options)):
+        answer = result.text.strip()
+        if keep_all or keep_answer(answer, cut=len(result.tokens) == max_new_tokens):
+            records.append({"prompt": prompt, "response": answer})
     return records
