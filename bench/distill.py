@@ -92,6 +92,10 @@ keeps {len(records)} of {len(prompts)}. The first five kept records:
 ```
 {examples}
 ```
+
+Quality: a 135M model's answers are often wrong or off the point (above: a "synonym" of bright that is a
+definition of a made-up noun); the filter catches form, not truth. Distilled records teach a student the chat
+format and short fluent answers, not facts.
 """
     write_results("distill", data, md)
 
