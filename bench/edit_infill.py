@@ -1,6 +1,7 @@
 """Instant Edit and infill quality: MDLM (both sides) vs AR (left context only), same backbone, data and tokens.
 
     python bench/edit_infill.py                     # 3 training seeds per objective, runs cached in runs/edit_infill
+    python bench/edit_infill.py --seeds 1 --eval-seeds 3      # the committed results: 1 training seed, 3 draws
     python bench/edit_infill.py --quick --out /tmp/q --docs /tmp/q/docs     # the smoke test's tiny setting
 
 Trains an AR and an MDLM model per seed (``dlm.train.loop.train``, the same Transformer size, the same batches of
@@ -53,7 +54,7 @@ from dlm.errors import DlmError  # noqa: E402
 from dlm.objectives import conditional_masked_nelbo  # noqa: E402
 from dlm.presets import preset_config  # noqa: E402
 
-FULL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, batch_size=32, steps=200, seeds=3, sentences=60)
+FULL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, batch_size=32, steps=400, seeds=3, sentences=60)
 QUICK = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, batch_size=4, steps=4, seeds=1, sentences=3)
 SPAN_LENGTHS = (1, 3, 6)
 INTRO = "# Capabilities\n\nStudies of what the models can do; every number comes from the command printed beside it.\n"
