@@ -14,7 +14,7 @@ way: its ratios at a masked position, normalised, are that distribution). The ch
 infilling sampler (``dlm.infill``) regenerates them with everything else fixed. ``rounds`` repeats choose ->
 re-mask -> regenerate (by score: the scores of the current text; spans: the same positions, a new draw each round
 with generator ``seed + round``); rounds stop early when nothing is below ``below``. The text is tokenised once:
-rounds keep its token positions.
+rounds keep its token positions. ``edit_ids`` edits token ids (its ``positions``: token indices instead of spans).
 """
 
 from __future__ import annotations
@@ -120,30 +120,60 @@ def edit(
     batch_size: int = 16,
     **options,
 ) -> EditResult:
-    """``Engine.edit`` (see the module docstring)."""
+    """``Engine.edit`` (see the module docstring): the text tokenised once, ``spans`` turned into token positions,
+    then ``edit_ids``."""
+    if spans and (below is not None or remask_k is not None):
+        raise DlmError("--span names the tokens to re-mask; --below and --remask-k choose them by score: give one")
+    ids, offsets = engine.tokenizer.encode_offsets(text)
+    if not ids:
+        raise DlmError("--text is empty: there is nothing to edit")
+    positions = span_positions(offsets, spans, len(text)) if spans else None
+    return edit_ids(
+        engine, ids, sampler, seed, positions=positions, rounds=rounds, below=below, remask_k=remask_k,
+        batch_size=batch_size, **options,
+    )  # fmt: skip
+
+
+def edit_ids(
+    engine,
+    ids: Sequence[int],
+    sampler: str | None = None,
+    seed: int = 0,
+    *,
+    positions: Sequence[int] | None = None,
+    rounds: int = 1,
+    below: float | None = None,
+    remask_k: int | None = None,
+    batch_size: int = 16,
+    **options,
+) -> EditResult:
+    """``edit`` of token ids: ``positions`` (indices into ids) re-masked every round, or else the tokens chosen by
+    score (``below`` / ``remask_k``, as ``edit``)."""
     from dlm.engine import model_device, render
     from dlm.infill import fill_canvases
     from dlm.noise import get_schedule
 
+    ids = list(ids)
     if rounds < 1 or batch_size < 1:
         raise DlmError(f"--rounds and batch_size must be at least 1, got {rounds} and {batch_size}")
-    if spans and (below is not None or remask_k is not None):
-        raise DlmError("--span names the tokens to re-mask; --below and --remask-k choose them by score: give one")
+    if positions and (below is not None or remask_k is not None):
+        raise DlmError("positions name the tokens to re-mask; below and remask_k choose them by score: give one")
     if below is not None and remask_k is not None:
         raise DlmError("give --below P or --remask-k K, not both")
     if below is not None and not 0.0 < below <= 1.0:
         raise DlmError(f"--below must be a probability in (0, 1], got {below}")
+    if not ids:
+        raise DlmError("--text is empty: there is nothing to edit")
+    if positions and not all(0 <= i < len(ids) for i in positions):
+        raise DlmError(f"edit positions must be token indices in [0, {len(ids)}), got {sorted(positions)}")
     name, config = engine.infill_sampler_config(sampler, **options)
     tok, cfg = engine.tokenizer, engine.config
     scored = can_score(cfg)
-    if not spans and not scored:
+    if not positions and not scored:
         raise DlmError(
             f"choosing tokens by score masks each in turn and reads the model there: that needs --objective mdlm "
             f"(or sedd with the absorb graph), not {cfg.train.objective}; name the tokens with --span START:END"
         )
-    ids, offsets = tok.encode_offsets(text)
-    if not ids:
-        raise DlmError("--text is empty: there is nothing to edit")
     start = [tok.bos_id] if cfg.model.logits_shift else []  # a shifted model scores position i at i - 1
     if len(start) + len(ids) > cfg.model.max_seq_len:
         raise DlmError(
@@ -165,11 +195,11 @@ def edit(
     begin = time.perf_counter()
     first_scores = score(x) if scored else None
     nfe = calls if scored else 0
-    fixed_spans = span_positions(offsets, spans, len(text)) if spans else None
+    fixed_positions = sorted(set(positions)) if positions else None
     chosen_rounds: list[list[int]] = []
     for r in range(rounds):
-        if fixed_spans is not None:
-            chosen = fixed_spans
+        if fixed_positions is not None:
+            chosen = fixed_positions
         else:
             scores = first_scores if r == 0 else score(x)
             nfe += 0 if r == 0 else calls
@@ -183,12 +213,12 @@ def edit(
         x, nfe = torch.tensor(rows[0], device=device), nfe + n
         chosen_rounds.append(chosen)
     tokens = x[len(start) :].tolist()
-    positions = sorted({i for chosen in chosen_rounds for i in chosen})
+    changed = sorted({i for chosen in chosen_rounds for i in chosen})
     scores_list = None if first_scores is None else first_scores.tolist()
     return EditResult(
-        render(tok, tokens), render(tok, ids), tokens, positions, chosen_rounds, scores_list, nfe,
+        render(tok, tokens), render(tok, ids), tokens, changed, chosen_rounds, scores_list, nfe,
         time.perf_counter() - begin,
     )  # fmt: skip
 
 
-__all__ = ["EditResult", "can_score", "token_scores", "span_positions", "choose", "word_diff", "edit"]
+__all__ = ["EditResult", "can_score", "token_scores", "span_positions", "choose", "word_diff", "edit", "edit_ids"]
