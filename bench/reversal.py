@@ -1,6 +1,6 @@
 """The reversal curse: facts trained in one direction, asked in both, AR vs masked diffusion (MDLM).
 
-    python bench/reversal.py --seeds 0 1 2 --steps 1500
+    python bench/reversal.py --seeds 0 1 2 --steps 2500
 
 Facts: ``dlm.data.sft_tasks.people(n, seed)`` (person, mentor) pairs of generated names. Training sentences (whole
 sentences, no prompt: the SFT loss on the whole row, so the MDLM model is trained to predict any masked part of the
@@ -38,7 +38,8 @@ from order_common import init_checkpoints, mean_spread, train_pair  # noqa: E402
 
 from dlm.data.sft_tasks import people  # noqa: E402
 
-GEN = 12  # tokens generated for a name and its full stop
+GEN = 8  # tokens generated for a name and its full stop (the longest is 7 with the 512 BPE)
+PAD_TO = 18  # MDLM rows: the sentence EOS-padded to this many tokens (the longest is 17)
 QUESTIONS = ("forward", "reverse", "reverse-infill")
 
 
@@ -89,7 +90,7 @@ def run_seed(seed: int, args, work: Path) -> dict:
     init = init_checkpoints(work, [r["response"] for r in records], vocab_size=args.vocab_size, max_seq_len=48,
                             d_model=args.d_model, n_layers=args.n_layers, seed=seed)  # fmt: skip
     trained = train_pair(work, init, records, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                         pad_to=32)  # fmt: skip
+                         pad_to=PAD_TO)  # fmt: skip
     engines = {k: e for k, (e, _) in trained.items()}
     return {
         "seed": seed,
@@ -107,9 +108,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--both", type=int, default=40, help="pairs also trained in the reverse direction")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--vocab-size", type=int, default=512)
@@ -156,7 +157,7 @@ Machine: {machine_line(info)}; {data["seconds"] / 60:.1f} min in all.
 {first["test_pairs"]} pairs are tested. AR and MDLM of the same backbone ({first["parameters"]:,} parameters,
 {args.n_layers} layers, d = {args.d_model}, the same BPE of {args.vocab_size} and initial weights), {args.steps} steps
 of {args.batch_size} sentences (tokens seen per seed: AR {first["tokens_seen"]["ar"]:,}, MDLM
-{first["tokens_seen"]["mdlm"]:,}: the MDLM rows are EOS-padded to 32 tokens, its completion canvas). Exact match of
+{first["tokens_seen"]["mdlm"]:,}: the MDLM rows are EOS-padded to {PAD_TO} tokens, its completion canvas). Exact match of
 the name, greedy; forward = "The mentor of A is" -> B, reverse = "The mentee of B is" -> A, reverse infill = "The
 mentor of [MASK x k] is B." -> A with k the true token length (MDLM only). Accuracy in % on the test pairs, mean ±
 standard deviation over seeds {", ".join(map(str, args.seeds))} (facts and initial weights change with the seed).

@@ -234,7 +234,7 @@ grids; AR and MDLM of the same backbone ({first["parameters"]:,} parameters, {ar
 training puzzles; tokens seen per seed: AR {first["tokens_seen"]["ar"]:,}, MDLM {first["tokens_seen"]["mdlm"]:,}),
 trained on solution given puzzle. Greedy decoding; MDLM commits
 one cell per step in confidence or margin order, AR left to right. Solve rate in %, mean ± standard deviation over
-seeds {", ".join(map(str, args.seeds))} (the facts, grid split and initial weights change with the seed); n =
+seeds {", ".join(map(str, args.seeds))} (the puzzles, grid split and initial weights change with the seed); n =
 held-out puzzles per seed in the bucket.
 
 | givens | n | AR | MDLM confidence | MDLM margin |
