@@ -158,9 +158,10 @@ Machine: {machine_line(info)}; {data["seconds"] / 60:.1f} min in all.
 {args.n_layers} layers, d = {args.d_model}, the same BPE of {args.vocab_size} and initial weights), {args.steps} steps
 of {args.batch_size} sentences (tokens seen per seed: AR {first["tokens_seen"]["ar"]:,}, MDLM
 {first["tokens_seen"]["mdlm"]:,}: the MDLM rows are EOS-padded to {PAD_TO} tokens, its completion canvas). Exact
-match of the name, greedy; forward = "The mentor of A is" -> B, reverse = "The mentee of B is" -> A, reverse
-infill = "The mentor of [MASK x k] is B." -> A with k the true token length (MDLM only). Accuracy in % on the test pairs, mean ±
-standard deviation over seeds {", ".join(map(str, args.seeds))} (facts and initial weights change with the seed).
+match of the name, greedy; forward = "The mentor of A is" -> B, reverse = "The mentee of B is" -> A, reverse infill
+= "The mentor of [MASK x k] is B." -> A with k the true token length (MDLM only). Accuracy in % on the test pairs,
+mean ± standard deviation over seeds {", ".join(map(str, args.seeds))} (facts and initial weights change with the
+seed).
 
 | model | forward | reverse (completion) | reverse (infill) |
 | --- | ---: | ---: | ---: |
