@@ -44,12 +44,14 @@ def machine_line(info: dict) -> str:
     )
 
 
-def write_results(name: str, data: dict, markdown: str, document: str = "RESULTS.md") -> None:
+def write_results(name: str, data: dict, markdown: str, document: str = "RESULTS.md", docs=None) -> None:
     """Write docs/bench/NAME.json and replace the NAME section of docs/DOCUMENT (RESULTS.md unless told) with
-    ``markdown``; a section not there yet is appended, a document not there yet is created."""
-    (DOCS / "bench").mkdir(parents=True, exist_ok=True)
-    (DOCS / "bench" / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    results = DOCS / document
+    ``markdown``; a section not there yet is appended, a document not there yet is created. ``docs``: another
+    folder than docs/ (a smoke test's temporary one)."""
+    docs = DOCS if docs is None else Path(docs)
+    (docs / "bench").mkdir(parents=True, exist_ok=True)
+    (docs / "bench" / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    results = docs / document
     text = (
         results.read_text()
         if results.exists()
