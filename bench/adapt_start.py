@@ -92,7 +92,8 @@ mask tokens after them and to the later tokens of the prefix, neither of which t
 the masked keys recovers part of the loss, the rest is bidirectional attention over the prefix itself. The
 adaptation has to win all of that back before the samples read as English: a few minutes (`make demo`: at most 24
 updates of 512 tokens) are far from enough, the hour of docs/REAL_MODELS.md (138 updates of 2,048 tokens) only
-partly, which is why the demo's samples are not English yet.
+partly. With full attention this is why the demo's samples were not English; the demo now adapts with
+clean-causal attention instead, which keeps the clean tokens' causal view (`adapt_attention`, below).
 """
     write_results("adapt_start", data, markdown, document="REAL_MODELS.md")
     print(markdown)

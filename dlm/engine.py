@@ -129,9 +129,17 @@ class Engine:
         entry, tok = SAMPLERS.get(name), self.tokenizer
         if tok.mask_id is None and name != "ar":
             raise DlmError(f"the {name} sampler needs a mask token, and this model's tokenizer has none")
-        # a shifted model scores position i at i - 1: a start token stands before every prompt
-        bos = [tok.bos_id] if self.config.model.logits_shift else []
-        longest, context = max(len(e) for e in prompts) + len(bos), self.config.model.max_seq_len
+        # a shifted model scores position i at i - 1: a start token stands before every prompt; the ar sampler
+        # puts its own start token first. A prompt that already begins with that token (a chat template that
+        # writes BOS, as SmolLM2's ChatML does) gets no second one: the model reads [start] + prompt either way.
+        start = tok.eos_id if tok.bos_id is None else tok.bos_id
+        shift = self.config.model.logits_shift
+        if name == "ar" or shift:
+            inputs = [list(r[1:]) if len(r) and r[0] == start else list(r) for r in prompts]
+        else:
+            inputs = [list(r) for r in prompts]
+        bos = [tok.bos_id] if shift and name != "ar" else []
+        longest, context = max(len(e) for e in inputs) + len(bos), self.config.model.max_seq_len
         if longest + gen_length > context:
             raise DlmError(
                 f"prompt ({longest} tokens) + gen-length ({gen_length}) exceeds the model's context of "
@@ -142,7 +150,7 @@ class Engine:
         for first in range(0, len(prompts), batch_size):
             rows = prompts[first : first + batch_size]
             batch = SampleBatch.from_prompts(
-                [bos + list(r) for r in rows],
+                [bos + r for r in inputs[first : first + batch_size]],
                 gen_length,
                 mask_id=tok.eos_id if tok.mask_id is None else tok.mask_id,  # ar: never read
                 eos_id=tok.eos_id,

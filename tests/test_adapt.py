@@ -57,6 +57,33 @@ def test_the_shift_keeps_the_ar_models_greedy_continuation(source):
     assert [r.tokens for r in other] != [r.tokens for r in want]  # the shift is what carries the AR knowledge
 
 
+def test_a_prompt_that_starts_with_bos_gets_no_second_one(source):
+    """A chat template that writes BOS (SmolLM2's ChatML) must not give the model BOS twice: the AR sampler and a
+    shifted model put their start token first, so a leading BOS in the prompt changes nothing."""
+    model, tokenizer, cfg = adapted(source)
+    ar = Engine.load(source)
+    bos = ar.tokenizer.bos_id
+    assert bos is not None and tokenizer.bos_id == bos
+    for engine, sampler, opts in (
+        (ar, "ar", {}),
+        (Engine(model, tokenizer, cfg), "confidence", dict(steps=8, block_length=4)),
+    ):
+        ids = [engine.tokenizer.encode(p) for p in PROMPTS]
+        plain = engine.generate_ids(ids, sampler, gen_length=8, temperature=0.0, stop_at_eos=False, **opts)
+        seen = []
+        hook = engine.model.register_forward_pre_hook(
+            lambda m, a, k: seen.append(a[0] if a else k["x"]), with_kwargs=True
+        )
+        try:
+            led = engine.generate_ids(
+                [[bos] + i for i in ids], sampler, gen_length=8, temperature=0.0, stop_at_eos=False, **opts
+            )
+        finally:
+            hook.remove()
+        assert [r.tokens for r in led] == [r.tokens for r in plain]
+        assert ((seen[0] == bos).sum(dim=1) == 1).all()  # the model's first input holds one BOS per row
+
+
 def test_a_cache_window_starts_one_token_early_for_a_shifted_model(tmp_path):
     """One layer and one block: the prefix's keys and values depend on the prefix alone, so the prefix cache must
     give exactly the uncached tokens; without the extra token before the block, the block's first logits would be
