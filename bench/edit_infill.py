@@ -178,14 +178,15 @@ def tally(clean: list[int], corrupted: list[int], positions: list[int], edited: 
     return repaired, changed
 
 
-def evaluate_edit(engines: dict, sentences, corrupted, seed: int) -> dict:
-    """{objective: {setting: (repaired fraction, clean-changed fraction)}} of one training seed."""
+def evaluate_edit(engines: dict, sentences, corrupted, seed: int, settings=edit_settings) -> dict:
+    """{objective: {setting: (repaired fraction, clean-changed fraction)}} of one training seed; ``settings``:
+    n_corrupt -> [(row name, options)] (default: every row of ``edit_settings``)."""
     out = {}
     for objective, engine in engines.items():
         bos = engine.tokenizer.bos_id
         totals: dict[str, list[int]] = {}
         for n, (clean, (bad_ids, positions)) in enumerate(zip(sentences, corrupted)):
-            for name, s in edit_settings(len(positions)):
+            for name, s in settings(len(positions)):
                 k = min(s.get("k", 1), len(clean))
                 if objective == "ar":
                     if s["rounds"] > 1:
