@@ -48,11 +48,14 @@ def init_checkpoints(out: Path, texts: list[str], *, vocab_size: int, max_seq_le
 
 
 def train_pair(out: Path, init: dict[str, Path], records: list[dict], *, steps: int, batch_size: int, lr: float,
-               seed: int, pad_to: int) -> dict[str, tuple[Engine, dict]]:  # fmt: skip
+               seed: int, pad_to: int, reuse: bool = False) -> dict[str, tuple[Engine, dict]]:  # fmt: skip
     """Train the AR and the MDLM model on ``records`` ({"prompt", "response"}, raw template); return per
-    objective (Engine, trainer state)."""
+    objective (Engine, trainer state). ``reuse``: keep a run of ``out`` that has finished ``steps`` steps on the
+    same records."""
     data = out / "records.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    same_data = data.exists() and data.read_text() == text
+    data.write_text(text)
     trained = {}
     for objective in OBJECTIVES:
         cfg = sft_config(str(init[objective]), str(data))
@@ -60,8 +63,11 @@ def train_pair(out: Path, init: dict[str, Path], records: list[dict], *, steps: 
         cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = steps, batch_size, lr, seed
         cfg.train.warmup_steps, cfg.train.log_every, cfg.train.precision = min(50, steps // 10), 50, "fp32"
         run = out / objective
-        sft(cfg, run, overwrite=True, progress=False, device="cpu")
-        state = json.loads((run / ckpt.CHECKPOINT / "trainer_state.json").read_text())
+        state_file = run / ckpt.CHECKPOINT / "trainer_state.json"
+        done = reuse and same_data and state_file.exists() and json.loads(state_file.read_text())["step"] == steps
+        if not done:
+            sft(cfg, run, overwrite=True, progress=False, device="cpu")
+        state = json.loads(state_file.read_text())
         engine = Engine.load(run / ckpt.CHECKPOINT)
         engine.model.eval()
         trained[objective] = (engine, state)

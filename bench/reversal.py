@@ -17,17 +17,21 @@ Questions on the test pairs, greedy decoding, exact match of the name:
 - reverse completion: "The mentee of B is" -> A (AR and MDLM): the fair AR query, a completion in the template it
   knows from the both-direction pairs;
 - reverse infill (MDLM only, an AR model cannot condition on the right): "The mentor of[MASK*k] is B." with k the
-  token length of " A" (given: an oracle length), the same sentence as in training with the other name masked.
+  token length of " A" (given: an oracle length), the same sentence as in training with the other name masked, on
+  the training canvas (EOS-padded to the rows' 18 tokens).
 
-Writes docs/bench/reversal.json and its section of docs/CAPABILITIES.md (``--out-docs`` elsewhere).
+Runs are kept under ``--out`` (default runs/reversal, one folder per seed and setting) and reused when finished;
+``--jobs N`` trains N seeds at once (one thread each). Writes docs/bench/reversal.json and its section of
+docs/CAPABILITIES.md (``--out-docs`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -76,21 +80,29 @@ def evaluate(engines: dict, test: list[tuple[str, str]]) -> dict[str, dict[str, 
         got_md = md.generate(prompts[q], "confidence", gen_length=GEN, batch_size=64, **conf)
         out["ar"][q] = [name_of(r.text) == x for r, x in zip(got_ar, answers[q])]
         out["mdlm"][q] = [name_of(r.text) == x for r, x in zip(got_md, answers[q])]
-    infill = []
+    infill, tok = [], md.tokenizer
     for a, b in test:
-        k = len(md.tokenizer.encode(" " + a))
-        result = md.infill(f"The mentor of[MASK*{k}] is {b}.", "confidence", steps=k)
-        infill.append(result.fills[0].strip() == a)
+        k = len(tok.encode(" " + a))
+        left, right = tok.encode("The mentor of"), tok.encode(f" is {b}.")
+        right += [tok.eos_id] * max(1, PAD_TO - len(left) - k - len(right))  # the training row's EOS padding
+        result = md.infill_ids([left, right], [k], "confidence", steps=k)
+        lo, hi = result.holes[0]
+        infill.append(tok.decode(result.tokens[lo:hi]).strip() == a)
     out["mdlm"]["reverse-infill"] = infill
     return out
 
 
-def run_seed(seed: int, args, work: Path) -> dict:
+def run_seed(job: tuple) -> dict:
+    seed, args = job
+    torch.set_num_threads(1)
+    setting = f"p{args.pairs}-b{args.both}-s{args.steps}-bs{args.batch_size}-lr{args.lr}-d{args.d_model}"
+    work = Path(args.out) / f"seed{seed}-{setting}-l{args.n_layers}-v{args.vocab_size}"
+    work.mkdir(parents=True, exist_ok=True)
     records, test = facts(args.pairs, args.both, seed)
     init = init_checkpoints(work, [r["response"] for r in records], vocab_size=args.vocab_size, max_seq_len=48,
                             d_model=args.d_model, n_layers=args.n_layers, seed=seed)  # fmt: skip
     trained = train_pair(work, init, records, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                         pad_to=PAD_TO)  # fmt: skip
+                         pad_to=PAD_TO, reuse=not args.retrain)  # fmt: skip
     engines = {k: e for k, (e, _) in trained.items()}
     return {
         "seed": seed,
@@ -116,18 +128,24 @@ def main(argv=None) -> None:
     ap.add_argument("--vocab-size", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="a smoke run: a few steps, a few facts, one seed")
     ap.add_argument("--out-docs", default=None, help="write the JSON and Markdown under this folder, not docs/")
+    ap.add_argument("--out", default="runs/reversal", help="where the trained runs are kept (and reused)")
+    ap.add_argument("--retrain", action="store_true", help="train again even when a finished run exists")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once (one thread each)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.pairs, args.both, args.d_model, args.n_layers = [0], 4, 12, 4, 32, 1
         args.vocab_size = 300
     torch.set_num_threads(1)
     start, runs = time.time(), []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            work = Path(tmp) / f"seed{seed}"
-            work.mkdir()
-            runs.append(run_seed(seed, args, work))
-            print(f"seed {seed}: {runs[-1]['correct']}", flush=True)
+    jobs = [(seed, args) for seed in args.seeds]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            runs = list(pool.map(run_seed, jobs))
+    else:
+        runs = [run_seed(job) for job in jobs]
+    for r in runs:
+        rates = {m: {q: f"{sum(v)}/{len(v)}" for q, v in qs.items()} for m, qs in r["correct"].items()}
+        print(f"seed {r['seed']}: {rates}", flush=True)
     summary, rows = {}, []
     for model, questions in (("ar", ("forward", "reverse")), ("mdlm", QUESTIONS)):
         cells = []

@@ -50,10 +50,16 @@ def test_reversal_data_trains_the_test_pairs_in_one_direction_only():
 
 def test_both_scripts_run_end_to_end_quick(tmp_path):
     sudoku.main(["--quick", "--out-docs", str(tmp_path)])
-    reversal.main(["--quick", "--out-docs", str(tmp_path)])
+    reversal.main(["--quick", "--out-docs", str(tmp_path), "--out", str(tmp_path / "runs")])
     doc = (tmp_path / "CAPABILITIES.md").read_text()
     assert "<!-- BEGIN sudoku -->" in doc and "<!-- BEGIN reversal -->" in doc
     data = json.loads((tmp_path / "bench" / "sudoku.json").read_text())
     assert set(data["summary"]["all"]) == set(sudoku.METHODS)
     data = json.loads((tmp_path / "bench" / "reversal.json").read_text())
     assert set(data["summary"]["mdlm"]) == set(reversal.QUESTIONS)
+    [state] = (tmp_path / "runs").glob("seed0-*/mdlm/checkpoint/trainer_state.json")
+    before = state.stat().st_mtime_ns
+    reversal.main(["--quick", "--out-docs", str(tmp_path), "--out", str(tmp_path / "runs")])
+    assert state.stat().st_mtime_ns == before  # a finished run is reused, not trained again
+    again = json.loads((tmp_path / "bench" / "reversal.json").read_text())
+    assert again["summary"] == data["summary"]
