@@ -93,9 +93,10 @@ keeps {len(records)} of {len(prompts)}. The first five kept records:
 {examples}
 ```
 
-Quality: a 135M model's answers are often wrong or off the point (above: a "synonym" of bright that is a
-definition of a made-up noun); the filter catches form, not truth. Distilled records teach a student the chat
-format and short fluent answers, not facts.
+Quality: a 135M model's answers are often wrong, padded or off the point (in earlier runs, a "synonym" of bright
+that defined a made-up noun; above, a calendar definition that repeats "events"); the filter catches form, not
+truth. Distilled records teach a student the chat format and short fluent answers, not facts. The chat prompt
+starts with SmolLM2's BOS `<|im_start|>` once (since the Engine's start-token fix; before it, twice).
 """
     write_results("distill", data, md)
 
