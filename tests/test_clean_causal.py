@@ -36,6 +36,23 @@ def test_the_mask_follows_the_rule(source):
     assert torch.equal(padded[1:, 1:], want[1:, 1:]) and not padded[1:, 0].any()
 
 
+def test_the_first_masked_token_after_a_clean_one_reads_the_left_side_only(source):
+    """The documented limit of clean-causal + shift: position i is predicted at i - 1, which (unmasked) attends
+    causally, so a single hole ignores its right side; a second masked token in a row does read it."""
+    model, tokenizer, _ = adapted(source, clean_causal=True)
+    m = tokenizer.mask_id
+    x = torch.randint(3, 80, (1, 12), generator=torch.Generator().manual_seed(1))
+    other = x.clone()
+    other[0, 8:] = (x[0, 8:] + 7) % 77 + 3  # everything right of the hole changed
+    for y in (x, other):
+        y[0, 5] = m
+    with torch.no_grad():
+        assert torch.equal(model(x)[0, 5], model(other)[0, 5])
+        x[0, 6], other[0, 6] = m, m
+        assert torch.equal(model(x)[0, 5], model(other)[0, 5])
+        assert not torch.allclose(model(x)[0, 6], model(other)[0, 6])
+
+
 def test_text_without_masks_reads_as_the_ar_model_did(source):
     """No masks: the attention is causal, and with the shift the logits at i are the AR model's at i - 1."""
     model, _, _ = adapted(source, clean_causal=True)
