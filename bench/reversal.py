@@ -13,7 +13,8 @@ sentence, AR every token from the left):
 
 Questions on the test pairs, greedy decoding, exact match of the name:
 
-- forward completion: "The mentor of A is" -> B (AR; MDLM with the confidence sampler, one block);
+- forward completion: "The mentor of A is" -> B (AR; MDLM with the confidence sampler, one block, on the training
+  canvas: masks up to the rows' 18 tokens);
 - reverse completion: "The mentee of B is" -> A (AR and MDLM): the fair AR query, a completion in the template it
   knows from the both-direction pairs;
 - reverse infill (MDLM only, an AR model cannot condition on the right): "The mentor of[MASK*k] is B." with k the
@@ -66,9 +67,22 @@ def name_of(text: str) -> str:
     return text.split(".")[0].strip()
 
 
+def mdlm_complete(md, prompts: list[str]) -> list:
+    """MDLM completions on the training canvas: each prompt followed by masks up to the rows' ``PAD_TO`` tokens (at
+    least ``GEN``), one token committed per step; prompts of one length share a batch, so no row is padded."""
+    ids = [md.tokenizer.encode(p) for p in prompts]
+    out = [None] * len(prompts)
+    for n in sorted({len(i) for i in ids}):
+        rows = [j for j, i in enumerate(ids) if len(i) == n]
+        gen = max(GEN, PAD_TO - n)
+        got = md.generate_ids([ids[j] for j in rows], "confidence", gen_length=gen, steps=gen, batch_size=64)
+        for j, r in zip(rows, got):
+            out[j] = r
+    return out
+
+
 def evaluate(engines: dict, test: list[tuple[str, str]]) -> dict[str, dict[str, list[bool]]]:
     ar, md = engines["ar"], engines["mdlm"]
-    conf = dict(steps=GEN, remasking="low_confidence")
     prompts = {
         "forward": [f"The mentor of {a} is" for a, _ in test],
         "reverse": [f"The mentee of {b} is" for _, b in test],
@@ -77,7 +91,7 @@ def evaluate(engines: dict, test: list[tuple[str, str]]) -> dict[str, dict[str, 
     out = {"ar": {}, "mdlm": {}}
     for q in ("forward", "reverse"):
         got_ar = ar.generate(prompts[q], "ar", gen_length=GEN, temperature=0.0, batch_size=64)
-        got_md = md.generate(prompts[q], "confidence", gen_length=GEN, batch_size=64, **conf)
+        got_md = mdlm_complete(md, prompts[q])
         out["ar"][q] = [name_of(r.text) == x for r, x in zip(got_ar, answers[q])]
         out["mdlm"][q] = [name_of(r.text) == x for r, x in zip(got_md, answers[q])]
     infill, tok = [], md.tokenizer
@@ -165,10 +179,12 @@ def main(argv=None) -> None:
         f"--n-layers {args.n_layers} --vocab-size {args.vocab_size}" + (" --quick" if args.quick else "")
     )
     data = {"machine": info, "args": vars(args), "runs": runs, "summary": summary, "seconds": time.time() - start}
+    train_minutes = sum(sum(r["train_seconds"].values()) for r in runs) / 60
     md = f"""## Reversal: facts trained in one direction, asked in both
 
 Command: `{cmd}`
-Machine: {machine_line(info)}; {data["seconds"] / 60:.1f} min in all.
+Machine: {machine_line(info)}; training {train_minutes:.0f} min (one thread per run, summed over runs; a
+finished run in `--out` is reused), this invocation {data["seconds"] / 60:.1f} min.
 
 {args.pairs} generated (person, mentor) pairs; training = every pair as "The mentor of A is B." plus the first
 {args.both} pairs also as "The mentee of B is A." ({first["training_sentences"]} sentences); the other
