@@ -135,15 +135,22 @@ def markdown(data: dict, cmd: str) -> str:
     )
     m = data["models"]
     named = " (SmolLM2-135M-Instruct)" if m["source"] == "smollm2" else ""
-    return f"""## Infill and Instant Edit with a real model: adapted SmolLM2 against its AR source
+    against = "its AR source" if m["source"] == "smollm2" else f"an AR model given as --source, `{m['source']}`"
+    difference = (
+        "The adapted model's extra training is all the difference: this measures what a short adaptation buys, not "
+        "the two objectives at equal cost."
+        if m["source"] == "smollm2"
+        else "The AR model is the other side of the comparison as given (the fair control: the source fine-tuned as "
+        "AR on the same tokens); the sentences, corruptions and spans are those of any other run with this seed."
+    )
+    return f"""## Infill and Instant Edit with a real model: adapted SmolLM2 against {against}
 
 Command: `{cmd}`
 Machine: {machine_line(data["machine"])}; {data["seconds"] / 60:.1f} min.
 
 Models: the AR source `{m["source"]}`{named} and `{m["model"]}`, the same weights adapted to
 masked diffusion with clean-causal attention and Dream's shifted prediction for {m["steps"]} steps
-({m["tokens_seen"]:,} tokens of the Austen training novels; *Persuasion* is held out). The adapted model's extra
-training is all the difference: this measures what a short adaptation buys, not the two objectives at equal cost.
+({m["tokens_seen"]:,} tokens of the Austen training novels; *Persuasion* is held out). {difference}
 Protocol as in the two sections above (bench/edit_infill.py's functions): {data["edit_sentences"]} sentences
 (12-40 tokens) drawn with seed {data["seed"]}, 10% of each one's tokens replaced at random
 ({n_bad} corrupted of {data["edit_tokens"]} tokens); spans of 1, 3 and 6 tokens held out of the same sentences
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1234, help="draws the sentences, corruptions, spans and samples")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--docs", default=None, help="the docs folder written (default: the repository's docs/)")
+    ap.add_argument("--section", default="smol_edit_infill", help="the section (and JSON) name written")
     args = ap.parse_args(argv)
     if min(args.sentences, args.nelbo_samples) < 1 or args.examples < 0:
         raise DlmError("--sentences and --nelbo-samples must be at least 1, --examples at least 0")
@@ -218,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     cmd = f"python bench/smol_capabilities.py --model {args.model}"
     if args.source != "smollm2":
         cmd += f" --source {args.source}"
+    if args.section != "smol_edit_infill":
+        cmd += f" --section {args.section}"
     for key in ("sentences", "nelbo_samples", "examples", "seed"):
         if getattr(args, key) != ap.get_default(key):
             cmd += f" --{key.replace('_', '-')} {getattr(args, key)}"
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (docs / "CAPABILITIES.md").exists():
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "CAPABILITIES.md").write_text(study.INTRO)
-    common.write_results("smol_edit_infill", data, md, document="CAPABILITIES.md", docs=docs)
+    common.write_results(args.section, data, md, document="CAPABILITIES.md", docs=docs)
     print(md)
 
 
