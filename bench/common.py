@@ -44,19 +44,22 @@ def machine_line(info: dict) -> str:
     )
 
 
+HEADERS = {
+    "RESULTS.md": "# Results\n\nEvery number below comes from the command printed beside it.\n",
+    "CAPABILITIES.md": "# Capabilities\n\nStudies of what the models can do; every number comes from the command "
+    "printed beside it.\n",
+}
+
+
 def write_results(name: str, data: dict, markdown: str, document: str = "RESULTS.md", docs=None) -> None:
     """Write docs/bench/NAME.json and replace the NAME section of docs/DOCUMENT (RESULTS.md unless told) with
-    ``markdown``; a section not there yet is appended, a document not there yet is created. ``docs``: another
-    folder than docs/ (a smoke test's temporary one)."""
+    ``markdown``; a section not there yet is appended, a document not there yet is created (with its ``HEADERS``
+    line). ``docs``: another folder than docs/ (a smoke test's temporary one)."""
     docs = DOCS if docs is None else Path(docs)
     (docs / "bench").mkdir(parents=True, exist_ok=True)
     (docs / "bench" / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     results = docs / document
-    text = (
-        results.read_text()
-        if results.exists()
-        else "# Results\n\nEvery number below comes from the command printed beside it.\n"
-    )
+    text = results.read_text() if results.exists() else HEADERS.get(document, f"# {Path(document).stem}\n")
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text:

@@ -57,7 +57,6 @@ from dlm.presets import preset_config  # noqa: E402
 FULL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, batch_size=32, steps=400, seeds=3, sentences=60)
 QUICK = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, batch_size=4, steps=4, seeds=1, sentences=3)
 SPAN_LENGTHS = (1, 3, 6)
-INTRO = "# Capabilities\n\nStudies of what the models can do; every number comes from the command printed beside it.\n"
 FRACTION = 0.10  # of a sentence's tokens corrupted
 
 
@@ -413,14 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     given = [k for k in ("steps", "seeds", "sentences", "eval_seeds") if getattr(args, k) is not None]
     cmd += "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in given)
     edit_md, infill_md = markdown(results, cmd)
-    if args.docs is not None:
-        common.DOCS = Path(args.docs)
-    document = common.DOCS / "CAPABILITIES.md"
-    if not document.exists():
-        document.parent.mkdir(parents=True, exist_ok=True)
-        document.write_text(INTRO)
-    common.write_results("edit_quality", {**results, "infill": None}, edit_md, document="CAPABILITIES.md")
-    common.write_results("infill_quality", {**results, "edit": None}, infill_md, document="CAPABILITIES.md")
+    for name, data, md in (("edit_quality", {**results, "infill": None}, edit_md),
+                           ("infill_quality", {**results, "edit": None}, infill_md)):  # fmt: skip
+        common.write_results(name, data, md, document="CAPABILITIES.md", docs=args.docs)
     print(edit_md)
     print(infill_md)
 

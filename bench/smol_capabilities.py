@@ -37,6 +37,7 @@ from common import machine, machine_line  # noqa: E402
 from dlm.edit import edit_ids, word_diff  # noqa: E402
 from dlm.engine import Engine  # noqa: E402
 from dlm.errors import DlmError  # noqa: E402
+from dlm.train import checkpoint as ckpt  # noqa: E402
 
 
 def settings(n_corrupt: int) -> list[tuple[str, dict]]:
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     corrupted = [study.corrupt(ids, tok.vocab_size, study.special_ids(tok), generator) for ids in sentences]
     spans = study.held_out_spans(sentences, seed=args.seed)
-    state_file = Path(args.model) / "checkpoint" / "trainer_state.json"
+    state_file = Path(args.model) / ckpt.CHECKPOINT / "trainer_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     data = {
         "machine": machine(), "seed": args.seed, "nelbo_samples": args.nelbo_samples,
@@ -232,11 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, key) != ap.get_default(key):
             cmd += f" --{key.replace('_', '-')} {getattr(args, key)}"
     md = markdown(data, cmd)
-    docs = common.DOCS if args.docs is None else Path(args.docs)
-    if not (docs / "CAPABILITIES.md").exists():
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / "CAPABILITIES.md").write_text(study.INTRO)
-    common.write_results(args.section, data, md, document="CAPABILITIES.md", docs=docs)
+    common.write_results(args.section, data, md, document="CAPABILITIES.md", docs=args.docs)
     print(md)
 
 

@@ -129,15 +129,12 @@ class Engine:
         entry, tok = SAMPLERS.get(name), self.tokenizer
         if tok.mask_id is None and name != "ar":
             raise DlmError(f"the {name} sampler needs a mask token, and this model's tokenizer has none")
-        # a shifted model scores position i at i - 1: a start token stands before every prompt; the ar sampler
-        # puts its own start token first. A prompt that already begins with that token (a chat template that
-        # writes BOS, as SmolLM2's ChatML does) gets no second one: the model reads [start] + prompt either way.
-        start = tok.eos_id if tok.bos_id is None else tok.bos_id
+        # a shifted model scores position i at i - 1: the start token (BOS) stands before every prompt; the ar
+        # sampler puts it first itself. A prompt that already begins with BOS (a chat template that writes it, as
+        # SmolLM2's ChatML does) gets no second one: the model reads BOS + prompt either way.
         shift = self.config.model.logits_shift
-        if name == "ar" or shift:
-            inputs = [list(r[1:]) if len(r) and r[0] == start else list(r) for r in prompts]
-        else:
-            inputs = [list(r) for r in prompts]
+        strip = name == "ar" or shift
+        inputs = [list(r[1:]) if strip and len(r) and r[0] == tok.bos_id else list(r) for r in prompts]
         bos = [tok.bos_id] if shift and name != "ar" else []
         longest, context = max(len(e) for e in inputs) + len(bos), self.config.model.max_seq_len
         if longest + gen_length > context:

@@ -195,10 +195,8 @@ def _run_config(hf: dict, objective: str | None) -> RunConfig:
     if "logits_shift" in ours:
         model.logits_shift = bool(ours["logits_shift"])
     if ours.get("clean_causal"):
-        model.clean_causal, model.mask_id = (
-            True,
-            int(ours.get("mask_token_id") if ours.get("mask_token_id") is not None else -1),
-        )
+        model.clean_causal = True
+        model.mask_id = -1 if ours.get("mask_token_id") is None else int(ours["mask_token_id"])
     config = RunConfig(preset="pretrained", model=model)
     config.train.objective = native
     config.model.causal = native == "ar"

@@ -11,32 +11,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import smol_capabilities  # noqa: E402
 
 from dlm.errors import DlmError  # noqa: E402
-from dlm.presets import preset_config  # noqa: E402
 from dlm.train import checkpoint as ckpt  # noqa: E402
-from dlm.train.adapt import init_config, init_model  # noqa: E402
-from tests.test_loading import random_hf, write_tokenizer  # noqa: E402
+from tests.test_adapt import adapted  # noqa: E402
+from tests.test_adapt import source as source  # noqa: E402, F401 (the fixture)
 
 
 @pytest.fixture
-def pair(tmp_path):
-    source = tmp_path / "src"
-    source.mkdir()
-    random_hf("llama", seed=3).save_pretrained(source)
-    write_tokenizer(source)
-    cfg = preset_config("tiny")
-    cfg.train.objective = "mdlm"
-    init_config(cfg, source)
-    cfg.model.clean_causal = True
-    model, tokenizer = init_model(cfg, "cpu")
+def pair(tmp_path, source):
+    model, tokenizer, cfg = adapted(source, clean_causal=True)
     ckpt.save_checkpoint(tmp_path / "adapted", model=model, tokenizer=tokenizer, config=cfg)
     return source, tmp_path / "adapted"
 
 
 def test_a_run_writes_its_section_with_both_studies_and_examples(tmp_path, pair):
-    source, adapted = pair
+    source, model = pair
     docs = tmp_path / "docs"
     smol_capabilities.main(
-        ["--model", str(adapted), "--source", str(source), "--sentences", "3", "--nelbo-samples", "2",
+        ["--model", str(model), "--source", str(source), "--sentences", "3", "--nelbo-samples", "2",
          "--examples", "1", "--docs", str(docs)]
     )  # fmt: skip
     text = (docs / "CAPABILITIES.md").read_text()
@@ -52,8 +43,8 @@ def test_a_run_writes_its_section_with_both_studies_and_examples(tmp_path, pair)
 
 
 def test_the_models_must_be_what_their_flags_say(pair):
-    source, adapted = pair
+    source, model = pair
     with pytest.raises(DlmError, match="--source must be an ar model"):
-        smol_capabilities.load_pair(str(adapted), str(adapted))
+        smol_capabilities.load_pair(str(model), str(model))
     with pytest.raises(DlmError, match="--model must be an mdlm model"):
         smol_capabilities.load_pair(str(source), str(source))
